@@ -6,6 +6,7 @@ Every function takes what it needs as arguments; nothing here reads a notebook's
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import socket
@@ -19,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torchvision
+from PIL import Image
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
@@ -199,6 +201,107 @@ def corrupt(x: torch.Tensor, amount: torch.Tensor | float, noise: torch.Tensor |
     return x * (1 - a) + noise * a
 
 
+# ----------------------------------------------------------------------------- schedules and the forward process (DDPM)
+
+
+def linear_beta_schedule(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """Ho et al.'s schedule: beta_t rising linearly from beta_start to beta_end over T steps (float64 maths, float32 result)."""
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be at least 1, got {timesteps}")
+    if not 0 < beta_start <= beta_end < 1:
+        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}")
+    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64).float()
+
+
+def cosine_beta_schedule(timesteps: int, s: float = 0.008) -> torch.Tensor:
+    """Nichol & Dhariwal's schedule: alphas_cumprod follows cos^2, betas from its ratios, clipped at 0.999."""
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be at least 1, got {timesteps}")
+    t = torch.linspace(0, timesteps, timesteps + 1, dtype=torch.float64) / timesteps
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    alphas_cumprod = f / f[0]
+    # beta_t = 1 - alphas_cumprod_t / alphas_cumprod_{t-1} (Improved DDPM, eq. 17), clipped to avoid beta = 1 at the end
+    betas = 1 - alphas_cumprod[1:] / alphas_cumprod[:-1]
+    return betas.clamp(0, 0.999).float()
+
+
+class NoiseSchedule:
+    """Every per-timestep constant of DDPM's forward and reverse processes, computed once in float64, kept as float32.
+
+    Timesteps are 0-based: index t = 0 ... T-1 holds the paper's step t + 1.
+    """
+
+    def __init__(self, betas: torch.Tensor):
+        betas = torch.as_tensor(betas, dtype=torch.float64).cpu()
+        if betas.dim() != 1 or len(betas) == 0:
+            raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
+        if torch.any(betas <= 0) or torch.any(betas >= 1):
+            raise ValueError("every beta_t must lie strictly between 0 and 1")
+        alphas = 1.0 - betas
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        # q(x_t | x_0) = N(sqrt(alphas_cumprod) x_0, (1 - alphas_cumprod) I)  (DDPM eq. 4)
+        values = {
+            "betas": betas,
+            "alphas": alphas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
+            "sqrt_recip_alphas": alphas.rsqrt(),
+            "sqrt_recip_alphas_cumprod": alphas_cumprod.rsqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1.0).sqrt(),
+            # beta_tilde_t = (1 - alphas_cumprod_prev) / (1 - alphas_cumprod) * beta_t  (eq. 7); 0 at t = 0
+            "posterior_variance": betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+            # mu_tilde_t = coef1 x_0 + coef2 x_t  (eq. 7)
+            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
+            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod),
+        }
+        for name, value in values.items():
+            setattr(self, name, value.float())
+        self.timesteps = len(betas)
+        self.names = tuple(values)
+
+    def to(self, device: torch.device | str) -> "NoiseSchedule":
+        """This schedule with every tensor moved to device (returns self, like nn.Module.to)."""
+        for name in self.names:
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def __repr__(self) -> str:
+        return f"NoiseSchedule(T={self.timesteps}, beta from {self.betas[0]:.4g} to {self.betas[-1]:.4g})"
+
+
+def extract(constants: torch.Tensor, t: torch.Tensor, x_shape: Sequence[int]) -> torch.Tensor:
+    """Pick constants[t] for a batch of timesteps t (B,) and shape it (B, 1, 1, ...) to broadcast over x."""
+    return constants.to(t.device)[t].view(-1, *([1] * (len(x_shape) - 1)))
+
+
+def check_timesteps(t: torch.Tensor, batch_size: int, timesteps: int) -> None:
+    """Raise a clear error unless t is an integer tensor (B,) with values in 0 ... T-1."""
+    if t.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"timesteps t must be an integer tensor, got {t.dtype}")
+    if t.shape != (batch_size,):
+        raise ValueError(f"need one timestep per image, shape ({batch_size},), got {tuple(t.shape)}")
+    if t.numel() and (t.min() < 0 or t.max() >= timesteps):
+        raise ValueError(f"timesteps are 0-based: t must lie in 0 ... {timesteps - 1}, got {t.min().item()} ... {t.max().item()}")
+
+
+def sample_timesteps(batch_size: int, timesteps: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+    """t ~ Uniform{0, ..., T-1}, one per image (Algorithm 1, line 3, 0-based)."""
+    return torch.randint(0, timesteps, (batch_size,), device=device, generator=generator)
+
+
+def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Draw x_t ~ q(x_t | x_0) in closed form: x_t = sqrt(alphas_cumprod_t) x0 + sqrt(1 - alphas_cumprod_t) eps (DDPM eq. 4)."""
+    check_timesteps(t, x0.shape[0], schedule.timesteps)
+    if noise is None:
+        noise = torch.randn_like(x0)
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} does not match x0 shape {tuple(x0.shape)}")
+    return extract(schedule.sqrt_alphas_cumprod, t, x0.shape) * x0 + extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise
+
+
 # ----------------------------------------------------------------------------- plotting
 
 
@@ -264,7 +367,7 @@ def plot_sampling_history(
 
 
 def figure_folder(smoke: bool | None = None) -> Path:
-    """Where save_figure writes: data/ in full mode, a temporary folder in smoke mode."""
+    """Where save_figure, save_gif and save_weights write: data/ in full mode, a temporary folder in smoke mode."""
     smoke = is_smoke_test() if smoke is None else smoke
     if smoke:
         folder = Path(tempfile.gettempdir()) / "diffusion_playground_figures"
@@ -281,6 +384,54 @@ def save_figure(fig: plt.Figure, name: str, smoke: bool | None = None, dpi: int 
     fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white", metadata={"Software": None})
     return path
 
+
+
+def save_gif(frames: Sequence[torch.Tensor], name: str, smoke: bool | None = None, nrow: int = 8,
+             value_range: tuple[float, float] = (-1.0, 1.0), frame_ms: int = 80, hold_last_ms: int = 1500) -> Path:
+    """Write batches (B, C, H, W), one per frame, as an animated <folder>/<name>.gif (Pillow), holding the last frame."""
+    if not frames:
+        raise ValueError("need at least one frame")
+    if not name or "/" in name or "\\" in name or name.endswith(".gif"):
+        raise ValueError(f"GIF name must be a bare file stem like 'ddpm_reverse_process', got {name!r}")
+    low, high = value_range
+    images = []
+    for batch in frames:
+        grid = make_grid(((batch.detach().float().cpu() - low) / (high - low)).clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
+        pixels = (grid[0] * 255).round().to(torch.uint8).numpy()
+        images.append(Image.fromarray(pixels, mode="L").resize((pixels.shape[1] * 2, pixels.shape[0] * 2), Image.NEAREST))
+    durations = [frame_ms] * (len(images) - 1) + [hold_last_ms]
+    path = figure_folder(smoke) / f"{name}.gif"
+    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=True)
+    return path
+
+
+def save_weights(model: torch.nn.Module, name: str, config: dict, smoke: bool | None = None) -> Path:
+    """Write model's weights in float16 (half the size; loading restores float32) with the config that built it."""
+    if not name or "/" in name or "\\" in name or name.endswith(".pt"):
+        raise ValueError(f"weights name must be a bare file stem like 'ddpm_mnist_ema', got {name!r}")
+    state = {key: value.detach().cpu().half() if value.is_floating_point() else value.detach().cpu()
+             for key, value in model.state_dict().items()}
+    path = figure_folder(smoke) / f"{name}.pt"
+    torch.save({"config": dict(config), "state_dict": state}, path)
+    return path
+
+
+def load_weights(model: torch.nn.Module, path: Path | str, config: dict) -> torch.nn.Module:
+    """Load weights written by save_weights into model, after checking that they were made with the same config."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no weights at {path}; run the notebook in full mode to train and write them")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    saved = checkpoint["config"]
+    mismatches = [f"{key}: weights have {saved.get(key)!r}, notebook has {value!r}"
+                  for key, value in config.items() if saved.get(key) != value]
+    if mismatches:
+        raise ValueError(f"{path.name} was trained with another configuration ({'; '.join(mismatches)}); "
+                         "set these back or train instead of loading")
+    reference = model.state_dict()
+    state = {key: value.to(reference[key].dtype) if key in reference else value for key, value in checkpoint["state_dict"].items()}
+    model.load_state_dict(state)
+    return model
 
 # ----------------------------------------------------------------------------- sampling
 
@@ -309,4 +460,87 @@ def toy_sample(
         x = x * (1 - mix) + prediction * mix
     return x, history
 
+
+
+REVERSE_VARIANCES = ("posterior", "beta")
+
+
+def _standard_normal(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, I) noise of shape on like's device; drawn from generator (on its own device) when one is given."""
+    if generator is None:
+        return torch.randn(tuple(shape), device=like.device, dtype=like.dtype)
+    return torch.randn(tuple(shape), generator=generator, device=generator.device).to(like.device, like.dtype)
+
+
+@torch.inference_mode()
+def p_sample(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x_t: torch.Tensor,
+    t: int,
+    schedule: NoiseSchedule,
+    noise: torch.Tensor | None = None,
+    clip_denoised: bool = False,
+    variance: str = "posterior",
+    generator: torch.Generator | None = None,
+    noise_scale: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """One step of Algorithm 2: x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alphas_cumprod_t) eps_theta) + sigma_t z.
+
+    sigma_t^2 is beta_tilde_t (variance="posterior") or beta_t (variance="beta"); no noise is added at t = 0.
+    With clip_denoised the mean is computed from x0_hat clipped to [-1, 1] instead (the same mean without clipping).
+    noise_scale (a number, or one per image) multiplies sigma_t, to show what too little or too much noise does.
+    """
+    if variance not in REVERSE_VARIANCES:
+        raise ValueError(f"variance must be one of {REVERSE_VARIANCES}, got {variance!r}")
+    if not 0 <= t < schedule.timesteps:
+        raise ValueError(f"timesteps are 0-based: t must lie in 0 ... {schedule.timesteps - 1}, got {t}")
+    t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+    eps = model(x_t, t_batch).to(x_t.dtype)
+    if clip_denoised:
+        # x0_hat = (x_t - sqrt(1 - alphas_cumprod_t) eps) / sqrt(alphas_cumprod_t), then mu_tilde (eq. 7)
+        x0_hat = (schedule.sqrt_recip_alphas_cumprod[t] * x_t - schedule.sqrt_recipm1_alphas_cumprod[t] * eps).clamp(-1, 1)
+        mean = schedule.posterior_mean_coef1[t] * x0_hat + schedule.posterior_mean_coef2[t] * x_t
+    else:
+        # mu_theta(x_t, t) = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alphas_cumprod_t) eps_theta)  (eq. 11)
+        mean = schedule.sqrt_recip_alphas[t] * (x_t - schedule.betas[t] / schedule.sqrt_one_minus_alphas_cumprod[t] * eps)
+    if t == 0:
+        return mean  # Algorithm 2, line 3: z = 0 at the last step
+    sigma_squared = schedule.posterior_variance[t] if variance == "posterior" else schedule.betas[t]
+    if noise is None:
+        noise = _standard_normal(x_t.shape, x_t, generator)
+    scale = torch.as_tensor(noise_scale, dtype=x_t.dtype, device=x_t.device)
+    if scale.dim() == 1:
+        scale = scale.view(-1, *([1] * (x_t.dim() - 1)))  # one scale per image
+    return mean + scale * sigma_squared.sqrt() * noise
+
+
+@torch.inference_mode()
+def ddpm_sample(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    schedule: NoiseSchedule,
+    shape: Sequence[int],
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    variance: str = "posterior",
+    clip_denoised: bool = False,
+    frames_at: Sequence[int] = (),
+    progress: bool = True,
+    noise_scale: float | torch.Tensor = 1.0,
+) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Algorithm 2 in full: x_T ~ N(0, I), then p_sample for t = T-1 ... 0; returns the final images.
+
+    With frames_at, also returns {t: x_t on the CPU}: the images as they enter step t (T-1 is the pure noise).
+    """
+    frames_at = set(frames_at)
+    bad = [t for t in frames_at if not 0 <= t < schedule.timesteps]
+    if bad:
+        raise ValueError(f"frames_at must lie in 0 ... {schedule.timesteps - 1}, got {sorted(bad)}")
+    probe = torch.empty(0, device=device)
+    x = _standard_normal(shape, probe, generator)
+    frames: dict[int, torch.Tensor] = {}
+    for t in tqdm(reversed(range(schedule.timesteps)), total=schedule.timesteps, desc="sampling", disable=not progress, mininterval=2):
+        if t in frames_at:
+            frames[t] = x.cpu()
+        x = p_sample(model, x, t, schedule, clip_denoised=clip_denoised, variance=variance, generator=generator, noise_scale=noise_scale)
+    return (x, frames) if frames_at else x
 
