@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from torchvision.utils import make_grid
@@ -544,3 +545,265 @@ def ddpm_sample(
         x = p_sample(model, x, t, schedule, clip_denoised=clip_denoised, variance=variance, generator=generator, noise_scale=noise_scale)
     return (x, frames) if frames_at else x
 
+
+@torch.inference_mode()
+def ddim_sample(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    schedule: NoiseSchedule,
+    shape: Sequence[int],
+    steps: int,
+    eta: float = 0.0,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    clip_denoised: bool = False,
+    progress: bool = True,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2020, eq. 12) on `steps` evenly spaced timesteps of the same trained eps-model.
+
+    eta = 0 is deterministic given x_T; eta = 1 with steps = T is DDPM's ancestral sampler with sigma_t^2 = beta_tilde_t.
+    """
+    if not 1 <= steps <= schedule.timesteps:
+        raise ValueError(f"steps must lie in 1 ... {schedule.timesteps}, got {steps}")
+    if eta < 0:
+        raise ValueError(f"eta must be non-negative (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
+    # tau: `steps` timesteps from T-1 down to 0, evenly spaced
+    taus = torch.linspace(0, schedule.timesteps - 1, steps, dtype=torch.float64).round().long().flip(0).tolist()
+    probe = torch.empty(0, device=device)
+    x = _standard_normal(shape, probe, generator)
+    alphas_cumprod = schedule.alphas_cumprod.to(device)
+    for i, t in enumerate(tqdm(taus, desc=f"DDIM {steps} steps", disable=not progress, mininterval=2)):
+        abar_t = alphas_cumprod[t]
+        abar_prev = alphas_cumprod[taus[i + 1]] if i + 1 < len(taus) else torch.ones((), device=device)
+        eps = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).to(x.dtype)
+        # predicted x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+        x0_hat = (x - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+        if clip_denoised:
+            x0_hat = x0_hat.clamp(-1, 1)
+        # sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)  (eq. 16)
+        sigma = eta * ((1 - abar_prev) / (1 - abar_t)).sqrt() * (1 - abar_t / abar_prev).sqrt()
+        # x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z  (eq. 12)
+        x = abar_prev.sqrt() * x0_hat + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0 and i + 1 < len(taus):
+            x = x + sigma * _standard_normal(x.shape, x, generator)
+    return x
+
+
+
+def respaced(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: NoiseSchedule, steps: int
+             ) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], NoiseSchedule]:
+    """DDPM on `steps` evenly spaced timesteps tau_i: a schedule with beta_i = 1 - abar_{tau_i} / abar_{tau_{i-1}}
+    (same alphas_cumprod at the kept steps) and a model wrapper that maps index i back to the trained timestep tau_i.
+    """
+    if not 1 <= steps <= schedule.timesteps:
+        raise ValueError(f"steps must lie in 1 ... {schedule.timesteps}, got {steps}")
+    taus = torch.linspace(0, schedule.timesteps - 1, steps, dtype=torch.float64).round().long()
+    alphas_cumprod = schedule.alphas_cumprod.double().cpu()[taus]
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    short_schedule = NoiseSchedule((1 - alphas_cumprod / previous).clamp(max=0.999))
+
+    def respaced_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x, taus.to(t.device)[t])
+
+    return respaced_model, short_schedule
+
+# ----------------------------------------------------------------------------- measuring
+
+CLASSIFIER_PATH = DATA_DIR / "mnist_classifier.pt"
+HELD_OUT_PER_CLASS = 100
+
+
+class MnistClassifier(torch.nn.Module):
+    """A LeNet-sized CNN for 28x28 digits in [0, 1]; its 64-d penultimate layer is the feature space of the measure.
+
+    64 features (not Inception's 2048) so that a few hundred samples estimate their covariance well.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 24, 3)   # 26 x 26
+        self.conv2 = torch.nn.Conv2d(24, 24, 3)  # 24 x 24 -> pool 12 x 12
+        self.conv3 = torch.nn.Conv2d(24, 48, 3)  # 10 x 10
+        self.conv4 = torch.nn.Conv2d(48, 48, 3)  # 8 x 8 -> pool 4 x 4
+        self.fc = torch.nn.Linear(48 * 4 * 4, 64)
+        self.dropout = torch.nn.Dropout(0.3)
+        self.head = torch.nn.Linear(64, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate activations (B, 64)."""
+        h = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        h = F.max_pool2d(F.relu(self.conv4(F.relu(self.conv3(h)))), 2)
+        return F.relu(self.fc(h.flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+def split_held_out(labels: torch.Tensor, per_class: int = HELD_OUT_PER_CLASS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, held_out) with per_class random digits of each class held out, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().flatten()
+        if len(members) <= per_class:
+            raise ValueError(f"class {c} has {len(members)} images, fewer than the {per_class} to hold out")
+        held.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    held_out = torch.cat(held).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[held_out] = False
+    return mask.nonzero().flatten(), held_out
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 12, batch_size: int = 64,
+                     lr: float = 2e-3, seed: int = 0, progress: bool = False) -> MnistClassifier:
+    """Train MnistClassifier on images in [0, 1] with random 2-pixel shifts (Adam, cosine-decayed lr), seeded."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = MnistClassifier()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    total = epochs * math.ceil(len(images) / batch_size)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    padded = F.pad(images, (2, 2, 2, 2))
+    model.train()
+    for _ in tqdm(range(epochs), desc="classifier", disable=not progress):
+        order = torch.randperm(len(images), generator=generator)
+        for first in range(0, len(order), batch_size):
+            batch = order[first:first + batch_size]
+            dy, dx = torch.randint(0, 5, (2,), generator=generator).tolist()  # shift by -2 ... 2 pixels
+            x = padded[batch, :, dy:dy + 28, dx:dx + 28]
+            loss = F.cross_entropy(model(x), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            decay.step()
+    return model.eval()
+
+
+@torch.inference_mode()
+def classifier_accuracy(model: MnistClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of images (in [0, 1]) whose predicted class is the label."""
+    model.eval()
+    predictions = torch.cat([model(chunk).argmax(1) for chunk in images.split(1000)])
+    return (predictions == labels).float().mean().item()
+
+
+def write_classifier(path: Path | str = CLASSIFIER_PATH, seed: int = 0) -> float:
+    """Train the measuring classifier on the shipped digits minus a held-out split, save it with its accuracy."""
+    images, labels = load_mnist_subset()
+    train, held_out = split_held_out(labels, seed=seed)
+    training = {"epochs": 12, "batch_size": 64, "lr": 2e-3, "seed": seed}
+    model = train_classifier(images[train], labels[train], **training)
+    accuracy = classifier_accuracy(model, images[held_out], labels[held_out])
+    torch.save({"state_dict": model.state_dict(), "held_out_accuracy": accuracy, "training": training}, path)
+    print(f"classifier: held-out accuracy {accuracy:.4f} on {len(held_out)} digits; written to {Path(path).name}")
+    return accuracy
+
+
+def load_classifier(path: Path | str = CLASSIFIER_PATH) -> MnistClassifier:
+    """The shipped measuring classifier (weights_only load), in eval mode."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = MnistClassifier()
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two feature sets (N, D), in float64."""
+    a, b = features_a.double(), features_b.double()
+    if a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need two sets of at least 2 feature vectors of the same size, got {tuple(a.shape)} and {tuple(b.shape)}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    # Tr((S_a S_b)^(1/2)) = sum of sqrt(eigenvalues of S_a^(1/2) S_b S_a^(1/2)), a symmetric PSD matrix
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov_a)
+    sqrt_a = eigenvectors @ torch.diag(eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
+    trace_sqrt = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+    return ((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt).item()
+
+
+def nearest_distances(queries: torch.Tensor, references: torch.Tensor, exclude_self: bool = False,
+                      exclude_identical: bool = False) -> torch.Tensor:
+    """Pixel L2 distance from each query image to its nearest reference image.
+
+    exclude_self: the queries are the references (skip the diagonal); exclude_identical: skip exact matches
+    (distance below 1e-3), for real digits that are themselves among the references.
+    """
+    q, r = queries.flatten(1).double(), references.flatten(1).double()
+    out = []
+    for first in range(0, len(q), 500):
+        d = torch.cdist(q[first:first + 500], r)
+        if exclude_self:
+            d[torch.arange(len(d)), torch.arange(first, first + len(d))] = float("inf")
+        if exclude_identical:
+            d[d < 1e-3] = float("inf")  # cdist's matrix-product form leaves ~1e-7 for identical images
+        out.append(d.min(1).values)
+    return torch.cat(out).float()
+
+
+class QualityReference:
+    """What sample_quality compares against: the classifier, real features, the training images and a copy threshold.
+
+    The real digits are split in two class-balanced halves: `reference` (the FD's real statistics) and `holdout`
+    (real digits scored like samples, for the real-vs-real floor). The copy threshold is the `copy_quantile`
+    quantile of the distances from each training digit to its nearest other training digit.
+    """
+
+    def __init__(self, classifier: MnistClassifier, real_images: torch.Tensor, real_labels: torch.Tensor,
+                 training_images: torch.Tensor | None = None, copy_quantile: float = 0.05, seed: int = 0):
+        self.classifier = classifier.eval()
+        half, other = split_held_out(real_labels, per_class=int((real_labels == real_labels[0]).sum()) // 2, seed=seed)
+        self.holdout_images, self.reference_images = real_images[half], real_images[other]
+        self.reference_features = self.features(self.reference_images)
+        self.training_images = real_images if training_images is None else training_images
+        self.copy_quantile = copy_quantile
+        self.copy_threshold = nearest_distances(self.training_images, self.training_images, exclude_self=True).quantile(copy_quantile).item()
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Classifier features of images in [0, 1]."""
+        return torch.cat([self.classifier.features(chunk) for chunk in images.float().split(1000)])
+
+
+@torch.inference_mode()
+def sample_quality(samples: torch.Tensor, reference: QualityReference, value_range: tuple[float, float] = (-1.0, 1.0),
+                   real_digits: bool = False) -> dict[str, float]:
+    """Classifier FD (lower is better), mean confidence, class spread (1 = all ten classes equally), copy fraction.
+
+    copy_fraction: share of samples nearer (pixel L2) to a training image than `copy_quantile` of real digits are to
+    their nearest neighbour; real digits score about copy_quantile, a model that copies its training set more.
+    real_digits=True scores real digits that may be training images themselves (their exact match is skipped).
+    """
+    if samples.dim() != 4 or samples.shape[1:] != (1, 28, 28):
+        raise ValueError(f"samples must be (N, 1, 28, 28), got {tuple(samples.shape)}")
+    if len(samples) < 2:
+        raise ValueError(f"need at least 2 samples to estimate a covariance, got {len(samples)}")
+    low, high = value_range
+    images = ((samples.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
+    features = reference.features(images)
+    probabilities = reference.classifier.head(features).softmax(1)
+    histogram = torch.bincount(probabilities.argmax(1), minlength=10).double() / len(images)
+    entropy = -(histogram[histogram > 0] * histogram[histogram > 0].log()).sum()
+    copies = nearest_distances(images, reference.training_images, exclude_identical=real_digits) < reference.copy_threshold
+    return {
+        "classifier_fd": frechet_distance(features, reference.reference_features),
+        "confidence": probabilities.max(1).values.mean().item(),
+        "class_spread": max(0.0, (entropy / math.log(10)).item()),
+        "copy_fraction": copies.float().mean().item(),
+        "n": len(images),
+    }
+
+
+def reference_scores(reference: QualityReference, n: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """The same measure for n real held-out digits (the floor to aim at) and for n images of pure uniform noise."""
+    generator = torch.Generator().manual_seed(seed)
+    if n > len(reference.holdout_images):
+        raise ValueError(f"only {len(reference.holdout_images)} held-out real digits; ask for n <= that")
+    real = reference.holdout_images[torch.randperm(len(reference.holdout_images), generator=generator)[:n]]
+    noise = torch.rand(n, 1, 28, 28, generator=generator)
+    return {"real": sample_quality(real, reference, value_range=(0, 1), real_digits=True),
+            "noise": sample_quality(noise, reference, value_range=(0, 1))}
+
+
+def format_quality(name: str, scores: dict[str, float]) -> str:
+    """One aligned line of the measure, for printing tables."""
+    return (f"{name:<28s} FD {scores['classifier_fd']:8.2f}   confidence {scores['confidence']:.3f}   "
+            f"class spread {scores['class_spread']:.3f}   copies {scores['copy_fraction']:.3f}   (n = {scores['n']})")

@@ -1,0 +1,71 @@
+"""Score the shipped DDPM weights with the project's sample-quality measure (not part of the default test run).
+
+    python tests/evaluate_quality.py --n 1000 --samplers ddim:50 ddim:20
+    python tests/evaluate_quality.py --n 1000 --samplers ancestral:1000 ddim:250 ddim:100 ddim:50 ddim:20   # GPU
+
+Prints one line per sampler next to the real-digit floor and the noise ceiling at the same n, and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import helper_functions as hf  # noqa: E402
+from notebook_code import notebook_classes  # noqa: E402
+
+CONFIG = {"dim": 32, "dim_mults": [1, 2, 4], "T": 1000, "beta_start": 1e-4, "beta_end": 0.02, "image_size": 28}
+
+
+def sample(model, schedule, kind: str, steps: int, n: int, device: torch.device, seed: int) -> torch.Tensor:
+    """n samples in [-1, 1] from the named sampler: ancestral (DDPM, respaced when steps < T) or ddim (eta = 0)."""
+    generator = torch.Generator(device).manual_seed(seed)
+    shape = (n, 1, 28, 28)
+    if kind == "ddim":
+        return hf.ddim_sample(model, schedule, shape, steps, device=device, generator=generator, progress=False)
+    if kind == "ancestral":
+        short_model, short_schedule = hf.respaced(model, schedule, steps) if steps < schedule.timesteps else (model, schedule)
+        return hf.ddpm_sample(short_model, short_schedule.to(device), shape, device=device, generator=generator, progress=False)
+    raise ValueError(f"unknown sampler {kind!r}: use ancestral:STEPS or ddim:STEPS")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1000, help="samples per sampler (and real digits for the floor)")
+    parser.add_argument("--samplers", nargs="+", default=["ddim:50"], help="KIND:STEPS, KIND in ancestral, ddim")
+    parser.add_argument("--weights", default=str(hf.DATA_DIR / "ddpm_mnist_ema.pt"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="quality.json")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    model = notebook_classes("DDPM.ipynb")["Unet"](dim=CONFIG["dim"], dim_mults=tuple(CONFIG["dim_mults"]))
+    model = hf.load_weights(model, args.weights, CONFIG).to(device).eval()
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(CONFIG["T"])).to(device)
+    images, labels = hf.load_mnist_subset()
+    reference = hf.QualityReference(hf.load_classifier(), images, labels)
+    results = hf.reference_scores(reference, args.n, seed=args.seed)
+    print(f"{device} | weights {Path(args.weights).name} | n = {args.n}")
+    print(hf.format_quality("real digits (floor)", results["real"]))
+    for spec in args.samplers:
+        kind, steps = spec.split(":")
+        start = time.perf_counter()
+        samples = sample(model, schedule, kind, int(steps), args.n, device, args.seed).clamp(-1, 1).cpu()
+        seconds = time.perf_counter() - start
+        results[spec] = {**hf.sample_quality(samples, reference), "seconds": seconds}
+        print(hf.format_quality(f"{kind} {steps} steps", results[spec]) + f"   {seconds:7.1f} s")
+    print(hf.format_quality("uniform noise (ceiling)", results["noise"]))
+    Path(args.output).write_text(json.dumps({"device": str(device), "n": args.n, "results": results}, indent=2))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Unit tests of DDIM and the sample-quality measure in helper_functions.py."""
+
+import pytest
+import torch
+
+import helper_functions as hf
+
+from test_diffusion import TrueNoiseModel  # the oracle eps-model
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return hf.NoiseSchedule(hf.linear_beta_schedule(1000))
+
+
+# ----------------------------------------------------------------------------- DDIM
+
+
+def test_ddim_with_the_true_noise_recovers_x0_in_few_steps(schedule):
+    x0 = (torch.rand(2, 1, 4, 4) > 0.5).float() * 2 - 1
+    for steps in (1000, 50, 10):
+        out = hf.ddim_sample(TrueNoiseModel(x0, schedule), schedule, (2, 1, 4, 4), steps,
+                             generator=torch.Generator().manual_seed(0), progress=False)
+        assert torch.allclose(out, x0, atol=1e-3), steps
+
+
+def test_ddim_eta_zero_is_deterministic_and_eta_adds_noise(schedule):
+    model = lambda x, t: 0.5 * x  # noqa: E731
+    runs = [hf.ddim_sample(model, schedule, (2, 1, 3, 3), 20, eta=eta, generator=torch.Generator().manual_seed(seed), progress=False)
+            for eta, seed in ((0.0, 1), (0.0, 1), (1.0, 1), (1.0, 2))]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.allclose(runs[2], runs[3])
+
+
+def test_ddim_eta_one_over_all_steps_matches_ddpm_variance(schedule):
+    """With steps = T and eta = 1, sigma_t^2 is DDPM's beta_tilde_t: one DDIM step equals one p_sample step."""
+    short = hf.NoiseSchedule(hf.linear_beta_schedule(2))
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    generator = torch.Generator().manual_seed(0)
+    x_T = torch.randn(50_000, 1, 1, 1, generator=generator)
+    z = torch.randn(50_000, 1, 1, 1, generator=generator)
+    expected_step = hf.p_sample(model, x_T, 1, short, noise=z)
+    torch.manual_seed(0)
+    ddim = hf.ddim_sample(model, short, (50_000, 1, 1, 1), 2, eta=1.0, progress=False)
+    ddpm = hf.ddpm_sample(model, short, (50_000, 1, 1, 1), progress=False)
+    assert ddim.var().item() == pytest.approx(ddpm.var().item(), rel=0.03)
+    assert expected_step.shape == x_T.shape
+
+
+def test_ddim_errors(schedule):
+    model = lambda x, t: x  # noqa: E731
+    with pytest.raises(ValueError, match="steps must lie in 1 ... 1000"):
+        hf.ddim_sample(model, schedule, (1, 1, 2, 2), 0)
+    with pytest.raises(ValueError, match="eta must be non-negative"):
+        hf.ddim_sample(model, schedule, (1, 1, 2, 2), 10, eta=-1)
+
+
+# ----------------------------------------------------------------------------- Frechet distance
+
+
+def test_frechet_distance_of_gaussians_matches_the_formula():
+    torch.manual_seed(0)
+    n, d = 200_000, 3
+    a = torch.randn(n, d, dtype=torch.float64)
+    b = torch.randn(n, d, dtype=torch.float64) * 2 + torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    # N(0, I) vs N(m, 4I): |m|^2 + d (1 + 4 - 2 * 2) = 1 + 3
+    assert hf.frechet_distance(a, b) == pytest.approx(4.0, abs=0.05)
+    assert hf.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_distance_rejects_mismatched_features():
+    with pytest.raises(ValueError, match="same size"):
+        hf.frechet_distance(torch.randn(10, 3), torch.randn(10, 4))
+
+
+def test_nearest_distances_can_exclude_self():
+    points = torch.tensor([[0.0], [1.0], [3.0]]).view(3, 1, 1, 1)
+    assert torch.allclose(hf.nearest_distances(points, points), torch.zeros(3))
+    assert torch.allclose(hf.nearest_distances(points, points, exclude_self=True), torch.tensor([1.0, 1.0, 2.0]))
+
+
+# ----------------------------------------------------------------------------- the shipped classifier and the measure
+
+
+@pytest.fixture(scope="module")
+def reference():
+    images, labels = hf.load_mnist_subset()
+    return hf.QualityReference(hf.load_classifier(), images, labels)
+
+
+def test_shipped_classifier_reaches_its_recorded_held_out_accuracy():
+    images, labels = hf.load_mnist_subset()
+    _, held_out = hf.split_held_out(labels)
+    checkpoint = torch.load(hf.CLASSIFIER_PATH, weights_only=True)
+    accuracy = hf.classifier_accuracy(hf.load_classifier(), images[held_out], labels[held_out])
+    assert accuracy >= 0.97
+    assert accuracy == pytest.approx(checkpoint["held_out_accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow  # a few minutes on 2 CPU cores: python -m pytest -m slow
+def test_retraining_the_classifier_reproduces_its_accuracy():
+    images, labels = hf.load_mnist_subset()
+    train, held_out = hf.split_held_out(labels)
+    checkpoint = torch.load(hf.CLASSIFIER_PATH, weights_only=True)
+    model = hf.train_classifier(images[train], labels[train], **checkpoint["training"])
+    accuracy = hf.classifier_accuracy(model, images[held_out], labels[held_out])
+    assert accuracy >= 0.97
+    assert accuracy == pytest.approx(checkpoint["held_out_accuracy"], abs=0.01)
+
+
+def test_split_held_out_is_class_balanced_and_disjoint():
+    labels = torch.arange(10).repeat_interleave(20)
+    train, held = hf.split_held_out(labels, per_class=5)
+    assert len(held) == 50 and len(train) == 150
+    assert torch.equal(torch.bincount(labels[held]), torch.full((10,), 5))
+    assert not set(train.tolist()) & set(held.tolist())
+    with pytest.raises(ValueError, match="fewer than"):
+        hf.split_held_out(labels, per_class=20)
+
+
+def test_real_digits_score_far_better_than_noise(reference):
+    scores = hf.reference_scores(reference, 1000)
+    real, noise = scores["real"], scores["noise"]
+    assert real["classifier_fd"] < 0.1 * noise["classifier_fd"]
+    assert real["confidence"] > 0.95 and real["class_spread"] > 0.99 and noise["class_spread"] < 0.2
+    assert 0.01 < real["copy_fraction"] < 0.1 and noise["copy_fraction"] == 0.0  # about copy_quantile = 0.05
+
+
+def test_copying_the_training_set_is_detected(reference):
+    copies = reference.training_images[:200]
+    scores = hf.sample_quality(copies, reference, value_range=(0, 1))
+    assert scores["copy_fraction"] == 1.0
+
+
+def test_sample_quality_checks_its_input(reference):
+    with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\)"):
+        hf.sample_quality(torch.zeros(20, 1, 32, 32), reference)
+    with pytest.raises(ValueError, match="at least 2"):
+        hf.sample_quality(torch.zeros(1, 1, 28, 28), reference)

@@ -1,0 +1,40 @@
+"""The DDPM weights shipped in data/ load into the notebook's own U-Net and predict noise far better than chance."""
+
+import pytest
+import torch
+
+import helper_functions as hf
+from notebook_code import notebook_classes
+
+WEIGHTS = hf.DATA_DIR / "ddpm_mnist_ema.pt"
+CONFIG = {"dim": 32, "dim_mults": [1, 2, 4], "T": 1000, "beta_start": 1e-4, "beta_end": 0.02, "image_size": 28}
+
+
+@pytest.fixture(scope="module")
+def unet_class():
+    return notebook_classes("DDPM.ipynb")["Unet"]
+
+
+def test_shipped_weights_are_small():
+    assert WEIGHTS.stat().st_size < 10 * 2**20
+
+
+def test_shipped_weights_load_and_predict_the_noise(unet_class):
+    model = hf.load_weights(unet_class(dim=32, dim_mults=(1, 2, 4)), WEIGHTS, CONFIG).eval()
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
+    images, _ = hf.load_mnist_subset()
+    x0 = images[::100] * 2 - 1  # 50 digits, 5 of each class
+    generator = torch.Generator().manual_seed(0)
+    for t_value in (100, 500, 900):
+        t = torch.full((len(x0),), t_value)
+        eps = torch.randn(x0.shape, generator=generator)
+        with torch.inference_mode():
+            predicted = model(hf.q_sample(x0, t, schedule, noise=eps), t)
+        # predicting zero scores 1.0; a trained eps-model scores far lower
+        assert torch.nn.functional.mse_loss(predicted, eps).item() < 0.3, t_value
+
+
+def test_loading_with_another_configuration_says_what_differs(unet_class):
+    model = unet_class(dim=32, dim_mults=(1, 2, 4))
+    with pytest.raises(ValueError, match=r"T: weights have 1000, notebook has 500"):
+        hf.load_weights(model, WEIGHTS, {**CONFIG, "T": 500})
