@@ -1,0 +1,167 @@
+"""Speed benchmark of the notebooks' U-Nets, side by side with denoising-diffusion-pytorch's Unet.
+
+Not part of the default test run (pytest collects only test_*.py). Run from the repository root:
+
+    python tests/benchmark.py                      # CPU, the notebooks' configurations, JSON to benchmark.json
+    python tests/benchmark.py --device cuda --dims 32 64 --batch 128 --sample-images 1000
+
+The library is needed only here: `pip install denoising-diffusion-pytorch` (never in requirements.txt); without it
+its rows are skipped with a note. Every number printed is measured in this run, on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import helper_functions as hf  # noqa: E402
+from notebook_code import notebook_classes  # noqa: E402
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so that wall-clock timings are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """Median seconds of fn() over repeats, after warmup calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    """Measured fp32 matrix-multiply FLOP/s of this device (TF32 off)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    seconds = timed(lambda: a @ b, device, warmup=2, repeats=repeats)
+    return 2 * size**3 / seconds
+
+
+def forward_flops(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor | None) -> int:
+    """Forward FLOPs for one image, counted by torch.utils.flop_counter."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x[:1]) if t is None else model(x[:1], t[:1])
+    return counter.get_total_flops()
+
+
+def measure(name: str, model: torch.nn.Module, takes_time: bool, device: torch.device, batch: int, size: int,
+            sample_images: int, sample_steps: int, repeats: int) -> dict:
+    """Parameters, FLOPs, training and inference images/s, and a sampling loop's time for one model."""
+    model = model.to(device)
+    x = torch.randn(batch, 1, size, size, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device) if takes_time else None
+    call = (lambda inp, tt: model(inp, tt)) if takes_time else (lambda inp, tt: model(inp))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def train_step():
+        loss = F.mse_loss(call(x, t), x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def inference():
+        with torch.inference_mode():
+            call(x, t)
+
+    model.train()
+    train_seconds = timed(train_step, device, warmup=2, repeats=repeats)
+    model.eval()
+    infer_seconds = timed(inference, device, warmup=2, repeats=repeats)
+    flops = forward_flops(model, x, t)
+    row = {
+        "model": name, "parameters": hf.count_parameters(model), "forward_gflops_per_image": flops / 1e9,
+        "train_images_per_s": batch / train_seconds, "inference_images_per_s": batch / infer_seconds,
+        "train_tflops": 3 * flops * batch / train_seconds / 1e12,
+    }
+    if takes_time and sample_steps > 0:
+        schedule = hf.NoiseSchedule(hf.linear_beta_schedule(sample_steps)).to(device)
+        start = time.perf_counter()
+        hf.ddpm_sample(model, schedule, (sample_images, 1, size, size), device=device, progress=False)
+        synchronize(device)
+        row[f"sampling_s_{sample_images}x{sample_steps}"] = time.perf_counter() - start
+    return row
+
+
+def library_unet(dim: int):
+    """denoising-diffusion-pytorch's Unet(dim, channels=1, dim_mults=(1, 2, 4)), or None if it is not installed."""
+    try:
+        from denoising_diffusion_pytorch import Unet as LibraryUnet
+    except ImportError:
+        return None
+    return LibraryUnet(dim=dim, channels=1, dim_mults=(1, 2, 4))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dims", type=int, nargs="+", default=[32], help="U-Net widths to compare")
+    parser.add_argument("--batch", type=int, default=32, help="batch for training and inference")
+    parser.add_argument("--sample-images", type=int, default=64)
+    parser.add_argument("--sample-steps", type=int, default=1000, help="steps of the sampling loop (0 to skip)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[28, 32, 64], help="image sizes for the scaling table")
+    parser.add_argument("--batches", type=int, nargs="*", default=[16, 32, 64, 128, 256], help="batches for the scaling table")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", default="benchmark.json")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    peak = matmul_peak(device)
+    print(f"{device} | {platform.processor() or platform.machine()} | torch {torch.__version__} | threads {torch.get_num_threads()}"
+          f" | measured fp32 matmul peak {peak / 1e12:.3f} TFLOP/s")
+    toy = notebook_classes("toy_diffusion.ipynb")["BasicUNet"]
+    ddpm = notebook_classes("DDPM.ipynb")["Unet"]
+    rows = [measure("toy BasicUNet", toy(), False, device, args.batch, 28, 0, 0, args.repeats)]
+    for dim in args.dims:
+        rows.append(measure(f"DDPM Unet dim={dim}", ddpm(dim=dim), True, device, args.batch, 28,
+                            args.sample_images, args.sample_steps, args.repeats))
+        library = library_unet(dim)
+        if library is None:
+            print("denoising-diffusion-pytorch is not installed: `pip install denoising-diffusion-pytorch` to compare")
+        else:
+            rows.append(measure(f"library Unet dim={dim}", library, True, device, args.batch, 28,
+                                args.sample_images, args.sample_steps, args.repeats))
+            ours, theirs = rows[-2], rows[-1]
+            print(f"dim {dim}: training {ours['train_images_per_s'] / theirs['train_images_per_s']:.2f}x the library's images/s")
+    for row in rows:
+        row["fraction_of_matmul_peak"] = row["train_tflops"] * 1e12 / peak
+        extra = "  ".join(f"{k} {v:.1f}" for k, v in row.items() if k.startswith("sampling_s"))
+        print(f"{row['model']:<24s} {row['parameters']:>10,d} params  {row['forward_gflops_per_image']:.3f} GFLOP/img  "
+              f"train {row['train_images_per_s']:8.1f} img/s  infer {row['inference_images_per_s']:8.1f} img/s  "
+              f"{100 * row['fraction_of_matmul_peak']:5.1f}% of peak  {extra}")
+
+    scaling = []
+    for size in args.sizes:
+        for batch in args.batches:
+            model = ddpm(dim=args.dims[0]).to(device)
+            row = measure(f"DDPM Unet dim={args.dims[0]}", model, True, device, batch, size, 0, 0, max(2, args.repeats // 2))
+            scaling.append({"size": size, "batch": batch, "train_ms_per_image": 1000 / row["train_images_per_s"],
+                            "inference_ms_per_image": 1000 / row["inference_images_per_s"]})
+            print(f"size {size:3d} batch {batch:4d}: train {scaling[-1]['train_ms_per_image']:7.2f} ms/img  "
+                  f"one sampling step {scaling[-1]['inference_ms_per_image']:7.3f} ms/img")
+    Path(args.output).write_text(json.dumps({"device": str(device), "matmul_peak_flops": peak, "models": rows,
+                                             "scaling": scaling, "arguments": vars(args)}, indent=2))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
