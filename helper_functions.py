@@ -306,6 +306,12 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, noise: 
 # ----------------------------------------------------------------------------- plotting
 
 
+def to_unit_range(images: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
+    """Images mapped from value_range to [0, 1] (clipped), as float32 on the CPU."""
+    low, high = value_range
+    return ((images.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
+
+
 def show_images(
     images: torch.Tensor,
     ax: plt.Axes | None = None,
@@ -316,9 +322,7 @@ def show_images(
     """Draw a batch (B, C, H, W) as one grid with torchvision's make_grid; values outside value_range are clipped."""
     if images.dim() != 4:
         raise ValueError(f"images must be a batch (B, C, H, W), got shape {tuple(images.shape)}")
-    low, high = value_range
-    scaled = ((images.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
-    grid = make_grid(scaled, nrow=nrow, padding=2, pad_value=1.0)
+    grid = make_grid(to_unit_range(images, value_range), nrow=nrow, padding=2, pad_value=1.0)
     if ax is None:
         _, ax = plt.subplots(figsize=(min(nrow, len(images)) * 0.9, (len(images) + nrow - 1) // nrow * 0.9))
     ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -377,11 +381,16 @@ def figure_folder(smoke: bool | None = None) -> Path:
     return DATA_DIR
 
 
+def output_path(name: str, suffix: str, smoke: bool | None = None) -> Path:
+    """<figure_folder>/<name><suffix>, after checking that name is a bare file stem (no folder, no extension)."""
+    if not name or "/" in name or "\\" in name or "." in name:
+        raise ValueError(f"output name must be a bare file stem like 'toy_forward_process' (no folder, no {suffix}), got {name!r}")
+    return figure_folder(smoke) / f"{name}{suffix}"
+
+
 def save_figure(fig: plt.Figure, name: str, smoke: bool | None = None, dpi: int = FIGURE_DPI) -> Path:
     """Write fig as <folder>/<name>.png (folder from figure_folder) and return the path."""
-    if not name or "/" in name or "\\" in name or name.endswith(".png"):
-        raise ValueError(f"figure name must be a bare file stem like 'toy_forward_process', got {name!r}")
-    path = figure_folder(smoke) / f"{name}.png"
+    path = output_path(name, ".png", smoke)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white", metadata={"Software": None})
     return path
 
@@ -392,27 +401,22 @@ def save_gif(frames: Sequence[torch.Tensor], name: str, smoke: bool | None = Non
     """Write batches (B, C, H, W), one per frame, as an animated <folder>/<name>.gif (Pillow), holding the last frame."""
     if not frames:
         raise ValueError("need at least one frame")
-    if not name or "/" in name or "\\" in name or name.endswith(".gif"):
-        raise ValueError(f"GIF name must be a bare file stem like 'ddpm_reverse_process', got {name!r}")
-    low, high = value_range
+    path = output_path(name, ".gif", smoke)
     images = []
     for batch in frames:
-        grid = make_grid(((batch.detach().float().cpu() - low) / (high - low)).clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
+        grid = make_grid(to_unit_range(batch, value_range), nrow=nrow, padding=2, pad_value=1.0)
         pixels = (grid[0] * 255).round().to(torch.uint8).numpy()
         images.append(Image.fromarray(pixels, mode="L").resize((pixels.shape[1] * 2, pixels.shape[0] * 2), Image.NEAREST))
     durations = [frame_ms] * (len(images) - 1) + [hold_last_ms]
-    path = figure_folder(smoke) / f"{name}.gif"
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=True)
     return path
 
 
 def save_weights(model: torch.nn.Module, name: str, config: dict, smoke: bool | None = None) -> Path:
     """Write model's weights in float16 (half the size; loading restores float32) with the config that built it."""
-    if not name or "/" in name or "\\" in name or name.endswith(".pt"):
-        raise ValueError(f"weights name must be a bare file stem like 'ddpm_mnist_ema', got {name!r}")
+    path = output_path(name, ".pt", smoke)
     state = {key: value.detach().cpu().half() if value.is_floating_point() else value.detach().cpu()
              for key, value in model.state_dict().items()}
-    path = figure_folder(smoke) / f"{name}.pt"
     torch.save({"config": dict(config), "state_dict": state}, path)
     return path
 
@@ -546,6 +550,13 @@ def ddpm_sample(
     return (x, frames) if frames_at else x
 
 
+def spaced_timesteps(timesteps: int, steps: int) -> torch.Tensor:
+    """tau: `steps` evenly spaced timesteps from 0 to T-1, ascending, for samplers that skip steps."""
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"steps must lie in 1 ... {timesteps}, got {steps}")
+    return torch.linspace(0, timesteps - 1, steps, dtype=torch.float64).round().long()
+
+
 @torch.inference_mode()
 def ddim_sample(
     model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -562,12 +573,9 @@ def ddim_sample(
 
     eta = 0 is deterministic given x_T; eta = 1 with steps = T is DDPM's ancestral sampler with sigma_t^2 = beta_tilde_t.
     """
-    if not 1 <= steps <= schedule.timesteps:
-        raise ValueError(f"steps must lie in 1 ... {schedule.timesteps}, got {steps}")
     if eta < 0:
         raise ValueError(f"eta must be non-negative (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
-    # tau: `steps` timesteps from T-1 down to 0, evenly spaced
-    taus = torch.linspace(0, schedule.timesteps - 1, steps, dtype=torch.float64).round().long().flip(0).tolist()
+    taus = spaced_timesteps(schedule.timesteps, steps).flip(0).tolist()  # from T-1 down to 0
     probe = torch.empty(0, device=device)
     x = _standard_normal(shape, probe, generator)
     alphas_cumprod = schedule.alphas_cumprod.to(device)
@@ -594,9 +602,7 @@ def respaced(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedu
     """DDPM on `steps` evenly spaced timesteps tau_i: a schedule with beta_i = 1 - abar_{tau_i} / abar_{tau_{i-1}}
     (same alphas_cumprod at the kept steps) and a model wrapper that maps index i back to the trained timestep tau_i.
     """
-    if not 1 <= steps <= schedule.timesteps:
-        raise ValueError(f"steps must lie in 1 ... {schedule.timesteps}, got {steps}")
-    taus = torch.linspace(0, schedule.timesteps - 1, steps, dtype=torch.float64).round().long()
+    taus = spaced_timesteps(schedule.timesteps, steps)
     alphas_cumprod = schedule.alphas_cumprod.double().cpu()[taus]
     previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
     short_schedule = NoiseSchedule((1 - alphas_cumprod / previous).clamp(max=0.999))
@@ -776,8 +782,7 @@ def sample_quality(samples: torch.Tensor, reference: QualityReference, value_ran
         raise ValueError(f"samples must be (N, 1, 28, 28), got {tuple(samples.shape)}")
     if len(samples) < 2:
         raise ValueError(f"need at least 2 samples to estimate a covariance, got {len(samples)}")
-    low, high = value_range
-    images = ((samples.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
+    images = to_unit_range(samples, value_range)
     features = reference.features(images)
     probabilities = reference.classifier.head(features).softmax(1)
     histogram = torch.bincount(probabilities.argmax(1), minlength=10).double() / len(images)
