@@ -279,12 +279,16 @@ def extract(constants: torch.Tensor, t: torch.Tensor, x_shape: Sequence[int]) ->
 
 
 def check_timesteps(t: torch.Tensor, batch_size: int, timesteps: int) -> None:
-    """Raise a clear error unless t is an integer tensor (B,) with values in 0 ... T-1."""
+    """Raise a clear error unless t is an integer tensor (B,) with values in 0 ... T-1.
+
+    The values are checked only for CPU tensors: reading them off a GPU would make it wait at every training step
+    (a host-device sync). There an out-of-range t still fails loudly, as an index error inside `extract`.
+    """
     if t.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"timesteps t must be an integer tensor, got {t.dtype}")
     if t.shape != (batch_size,):
         raise ValueError(f"need one timestep per image, shape ({batch_size},), got {tuple(t.shape)}")
-    if t.numel() and (t.min() < 0 or t.max() >= timesteps):
+    if t.device.type == "cpu" and t.numel() and (t.min() < 0 or t.max() >= timesteps):
         raise ValueError(f"timesteps are 0-based: t must lie in 0 ... {timesteps - 1}, got {t.min().item()} ... {t.max().item()}")
 
 
@@ -412,13 +416,22 @@ def save_gif(frames: Sequence[torch.Tensor], name: str, smoke: bool | None = Non
     return path
 
 
-def save_weights(model: torch.nn.Module, name: str, config: dict, smoke: bool | None = None) -> Path:
-    """Write model's weights in float16 (half the size; loading restores float32) with the config that built it."""
+def save_weights(model: torch.nn.Module, name: str, config: dict, smoke: bool | None = None,
+                 metadata: dict | None = None) -> Path:
+    """Write model's weights in float16 (half the size; loading restores float32) with the config that built it.
+
+    metadata (plain numbers, strings and lists: how and where they were trained, a loss curve) is stored beside them.
+    """
     path = output_path(name, ".pt", smoke)
     state = {key: value.detach().cpu().half() if value.is_floating_point() else value.detach().cpu()
              for key, value in model.state_dict().items()}
-    torch.save({"config": dict(config), "state_dict": state}, path)
+    torch.save({"config": dict(config), "state_dict": state, "metadata": dict(metadata or {})}, path)
     return path
+
+
+def weights_metadata(path: Path | str) -> dict:
+    """The metadata stored by save_weights (an empty dict for files written without any)."""
+    return torch.load(path, map_location="cpu", weights_only=True).get("metadata", {})
 
 
 def load_weights(model: torch.nn.Module, path: Path | str, config: dict) -> torch.nn.Module:
@@ -468,6 +481,20 @@ def toy_sample(
 
 
 REVERSE_VARIANCES = ("posterior", "beta")
+
+
+def autocast_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device_type: str,
+                   dtype: torch.dtype = torch.bfloat16) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """model(x, t) run under autocast (convolutions and matrix products in `dtype`), its output back in float32.
+
+    On a GPU, bfloat16 runs on the tensor cores at several times the float32 rate; the samplers keep x_t and all
+    the schedule arithmetic in float32, so only the network's own rounding changes.
+    """
+    def mixed_precision_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=dtype):
+            return model(x, t).float()
+
+    return mixed_precision_model
 
 
 def _standard_normal(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -810,5 +837,5 @@ def reference_scores(reference: QualityReference, n: int, seed: int = 0) -> dict
 
 def format_quality(name: str, scores: dict[str, float]) -> str:
     """One aligned line of the measure, for printing tables."""
-    return (f"{name:<28s} FD {scores['classifier_fd']:8.2f}   confidence {scores['confidence']:.3f}   "
+    return (f"{name:<34s} FD {scores['classifier_fd']:8.2f}   confidence {scores['confidence']:.3f}   "
             f"class spread {scores['class_spread']:.3f}   copies {scores['copy_fraction']:.3f}   (n = {scores['n']})")

@@ -64,13 +64,22 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor | Non
 
 
 def measure(name: str, model: torch.nn.Module, takes_time: bool, device: torch.device, batch: int, size: int,
-            sample_images: int, sample_steps: int, repeats: int) -> dict:
-    """Parameters, FLOPs, training and inference images/s, and a sampling loop's time for one model."""
-    model = model.to(device)
-    x = torch.randn(batch, 1, size, size, device=device)
+            sample_images: int, sample_steps: int, repeats: int, bf16: bool = False, channels_last: bool = False) -> dict:
+    """Parameters, FLOPs, training and inference images/s, and a sampling loop's time for one model.
+
+    bf16 runs the network under bfloat16 autocast; channels_last stores activations as NHWC (both fast paths).
+    """
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    x = torch.randn(batch, 1, size, size, device=device).contiguous(memory_format=memory_format)
     t = torch.randint(0, 1000, (batch,), device=device) if takes_time else None
-    call = (lambda inp, tt: model(inp, tt)) if takes_time else (lambda inp, tt: model(inp))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    plain = (lambda inp, tt: model(inp, tt)) if takes_time else (lambda inp, tt: model(inp))
+
+    def call(inp, tt):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return plain(inp, tt).float()
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
     def train_step():
         loss = F.mse_loss(call(x, t), x)
@@ -88,14 +97,14 @@ def measure(name: str, model: torch.nn.Module, takes_time: bool, device: torch.d
     infer_seconds = timed(inference, device, warmup=2, repeats=repeats)
     flops = forward_flops(model, x, t)
     row = {
-        "model": name, "parameters": hf.count_parameters(model), "forward_gflops_per_image": flops / 1e9,
+        "model": name, "bf16": bf16, "channels_last": channels_last, "batch": batch, "size": size, "parameters": hf.count_parameters(model), "forward_gflops_per_image": flops / 1e9,
         "train_images_per_s": batch / train_seconds, "inference_images_per_s": batch / infer_seconds,
         "train_tflops": 3 * flops * batch / train_seconds / 1e12,
     }
     if takes_time and sample_steps > 0:
         schedule = hf.NoiseSchedule(hf.linear_beta_schedule(sample_steps)).to(device)
         start = time.perf_counter()
-        hf.ddpm_sample(model, schedule, (sample_images, 1, size, size), device=device, progress=False)
+        hf.ddpm_sample(call if takes_time else model, schedule, (sample_images, 1, size, size), device=device, progress=False)
         synchronize(device)
         row[f"sampling_s_{sample_images}x{sample_steps}"] = time.perf_counter() - start
     return row

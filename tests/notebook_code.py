@@ -1,22 +1,18 @@
-"""Run the class definitions of a notebook (its models) outside Jupyter, so tests can use the models it defines."""
+"""Run a notebook's definitions outside Jupyter, so tests and scripts use the very models and loops it defines."""
 
 import json
-import math
 from pathlib import Path
-
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def notebook_classes(notebook: str) -> dict:
-    """Namespace holding every class defined by a code cell that starts with `class` in ROOT/notebook."""
-    cells = json.loads((ROOT / notebook).read_text())["cells"]
-    namespace = {"torch": torch, "nn": nn, "F": F, "math": math}
-    for cell in cells:
+    """Namespace after running the notebook's first code cell (its imports) and every code cell that starts with
+    `class` or `def` (its models, training loop and small functions), in order. No other cell runs."""
+    cells = [cell for cell in json.loads((ROOT / notebook).read_text())["cells"] if cell["cell_type"] == "code"]
+    namespace: dict = {}
+    for index, cell in enumerate(cells):
         source = "".join(cell["source"])
-        if cell["cell_type"] == "code" and source.lstrip().startswith("class "):
+        if index == 0 or source.lstrip().startswith(("class ", "def ")):
             exec(compile(source, f"{notebook}:{cell.get('id', '?')}", "exec"), namespace)
     return namespace

@@ -1,0 +1,358 @@
+"""The same minutes of training for the project's DDPM and for denoising-diffusion-pytorch, scored by the project's
+sample-quality measure; then the speed table on the same machine. Not part of the default test run.
+
+    pip install denoising-diffusion-pytorch        # only for this script, never in requirements.txt
+    python tests/gpu_comparison.py --output-dir gpu_results            # one GPU: 3 + 3 minutes of training, ~10 min
+    python tests/gpu_comparison.py --train-seconds 20 --n 200 --sample-steps 100 --output-dir cpu_results   # a CPU
+
+Both models train on the 5,000 shipped digits, for the same wall-clock time, on the same device:
+- ours: the DDPM notebook's own `Unet`, `EMA`, `random_batches` and `train_ddpm` (run from DDPM.ipynb), at the
+  notebook's GPU settings (batch 128, Adam 1e-3 with 200 warm-up steps and a cosine decay, EMA 0.995 and 0.999
+  side by side, bfloat16 autocast);
+- the library: `Unet(dim=64, channels=1, dim_mults=(1, 2, 4))` in `GaussianDiffusion(timesteps=1000,
+  objective="pred_noise", beta_schedule="linear")`, batch 128, tuned as well as we know how: Adam 1e-3 with 200
+  linear warm-up steps, gradient clipping at 1 and the betas of its own Trainer, ema-pytorch's EMA with decay 0.999
+  updated every step, float32 (its Trainer's default; TF32 matrix products are allowed for both models).
+Each then samples `--n` images with `--sample-steps` ancestral steps (the library with its own sampler), and the
+project's measure scores them against the real-digit floor. Everything is written to --output-dir as it is measured
+(results.json, the EMA weights, a figure of both models' samples), so a run cut short keeps what it had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import helper_functions as hf  # noqa: E402
+from benchmark import matmul_peak, measure, synchronize  # noqa: E402
+from notebook_code import notebook_classes  # noqa: E402
+
+# The DDPM notebook's settings (its configuration cell): the shipped weights must match WEIGHTS_CONFIG.
+WEIGHTS_CONFIG = {"dim": 32, "dim_mults": [1, 2, 4], "T": 1000, "beta_start": 1e-4, "beta_end": 0.02, "image_size": 28}
+OURS = {"batch_size": 128, "peak_lr": 1e-3, "warmup_steps": 200, "grad_clip": 1.0, "ema_decays": (0.995, 0.999, 0.9995)}
+LIBRARY = {"dim": 64, "batch_size": 128, "lr": 1e-3, "warmup_steps": 200, "grad_clip": 1.0, "ema_decay": 0.999}
+
+
+class Run:
+    """Results, a log and the output folder of one run; results.json is rewritten after every measurement."""
+
+    def __init__(self, output_dir: Path, deadline_s: float):
+        self.output_dir, self.deadline_s, self.start = output_dir, deadline_s, time.perf_counter()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.results: dict = {}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def time_left(self) -> float:
+        return self.deadline_s - self.elapsed()
+
+    def log(self, message: str) -> None:
+        line = f"[{self.elapsed():6.1f} s] {message}"
+        print(line, flush=True)
+        with open(self.output_dir / "log.txt", "a") as log_file:
+            log_file.write(line + "\n")
+
+    def record(self, key: str, value) -> None:
+        self.results[key] = value
+        (self.output_dir / "results.json").write_text(json.dumps(self.results, indent=2))
+
+
+def score(run: Run, name: str, samples: torch.Tensor, reference: hf.QualityReference, seconds: float | None,
+          value_range=(-1.0, 1.0)) -> dict:
+    """The project's measure of samples, logged and recorded under name (with the sampling time)."""
+    scores = hf.sample_quality(samples.float().cpu(), reference, value_range=value_range)
+    scores["sampling_seconds"] = seconds
+    run.log(hf.format_quality(name, scores) + (f"   {seconds:6.1f} s" if seconds is not None else ""))
+    run.record(f"quality/{name}", scores)
+    return scores
+
+
+def timed_sampling(fn) -> tuple[torch.Tensor, float]:
+    """fn()'s samples and the seconds it took, GPU work included."""
+    start = time.perf_counter()
+    samples = fn()
+    if samples.is_cuda:
+        torch.cuda.synchronize()
+    return samples, time.perf_counter() - start
+
+
+def fast_path_checks(run: Run, nb: dict, device: torch.device) -> dict:
+    """How far bfloat16 and channels_last move the network's output from plain float32, and their training speed."""
+    torch.manual_seed(0)
+    model = nb["Unet"](dim=32).to(device)
+    x, t = torch.randn(256, 1, 28, 28, device=device), torch.randint(0, 1000, (256,), device=device)
+    with torch.inference_mode():
+        plain = model(x, t)
+        bf16 = hf.autocast_model(model, device.type)(x, t)
+        channels_last = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last), t)
+    model.to(memory_format=torch.contiguous_format)
+    errors = {"bf16": ((bf16 - plain).norm() / plain.norm()).item(),
+              "channels_last": ((channels_last - plain).norm() / plain.norm()).item()}
+    run.log(f"relative output error against float32: bf16 {errors['bf16']:.2e}, channels_last {errors['channels_last']:.2e}")
+    speeds = {}
+    for label, bf16_on, cl_on in (("fp32", False, False), ("bf16", True, False), ("bf16+channels_last", True, True)):
+        row = measure(label, nb["Unet"](dim=32), True, device, OURS["batch_size"], 28, 0, 0, repeats=20 if device.type == "cuda" else 2,
+                      bf16=bf16_on, channels_last=cl_on)
+        speeds[label] = row["train_images_per_s"]
+        run.log(f"our U-Net, batch {OURS['batch_size']}, {label}: {speeds[label]:.0f} training images/s")
+    return {"relative_error": errors, "train_images_per_s": speeds}
+
+
+def train_ours(run: Run, nb: dict, x0: torch.Tensor, device: torch.device, seconds: float, channels_last: bool):
+    """The notebook's train_ddpm for `seconds`; returns the raw model, the EMA models and the losses."""
+    hf.seed_everything(0)
+    model = nb["Unet"](dim=WEIGHTS_CONFIG["dim"], dim_mults=tuple(WEIGHTS_CONFIG["dim_mults"])).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    emas = {decay: nb["EMA"](model, decay) for decay in OURS["ema_decays"]}
+    optimizer = torch.optim.Adam(model.parameters(), lr=OURS["peak_lr"], fused=device.type == "cuda")
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(WEIGHTS_CONFIG["T"])).to(device)
+    synchronize(device)
+    start = time.perf_counter()
+    losses = nb["train_ddpm"](model, list(emas.values()), optimizer, x0, schedule, OURS["batch_size"], max_steps=10**9,
+                              peak_lr=OURS["peak_lr"], warmup_steps=OURS["warmup_steps"], grad_clip=OURS["grad_clip"],
+                              max_seconds=seconds, bf16=device.type == "cuda")
+    synchronize(device)
+    train_seconds = time.perf_counter() - start
+    run.log(f"ours: {len(losses)} steps of {OURS['batch_size']} in {train_seconds:.1f} s "
+            f"({len(losses) * OURS['batch_size'] / train_seconds:.0f} images/s), last-100 loss {sum(losses[-100:]) / len(losses[-100:]):.4f}")
+    run.record("train/ours", {"steps": len(losses), "seconds": train_seconds, "batch_size": OURS["batch_size"],
+                              "channels_last": channels_last, "final_loss": sum(losses[-100:]) / len(losses[-100:]),
+                              "losses": losses[:: max(1, len(losses) // 2000)]})
+    return model, emas, losses, train_seconds
+
+
+def train_library(run: Run, x01: torch.Tensor, device: torch.device, seconds: float, random_batches):
+    """denoising-diffusion-pytorch, trained like its Trainer does (plus the warm-up) for `seconds`; returns its EMA."""
+    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+    from ema_pytorch import EMA
+
+    torch.manual_seed(0)
+    unet = Unet(dim=LIBRARY["dim"], channels=1, dim_mults=(1, 2, 4))
+    diffusion = GaussianDiffusion(unet, image_size=28, timesteps=1000, objective="pred_noise", beta_schedule="linear").to(device)
+    ema = EMA(diffusion, beta=LIBRARY["ema_decay"], update_every=1).to(device)
+    optimizer = torch.optim.Adam(diffusion.parameters(), lr=LIBRARY["lr"], betas=(0.9, 0.99))
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / LIBRARY["warmup_steps"]))
+    batches = random_batches(x01, LIBRARY["batch_size"])
+    losses = []
+    synchronize(device)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        loss = diffusion(next(batches))  # the library takes images in [0, 1] and normalises them itself
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(diffusion.parameters(), LIBRARY["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad()
+        warmup.step()
+        ema.update()
+        losses.append(loss.detach())
+    synchronize(device)
+    train_seconds = time.perf_counter() - start
+    losses = torch.stack(losses).cpu().tolist()
+    run.log(f"library: {len(losses)} steps of {LIBRARY['batch_size']} in {train_seconds:.1f} s "
+            f"({len(losses) * LIBRARY['batch_size'] / train_seconds:.0f} images/s), last-100 loss {sum(losses[-100:]) / len(losses[-100:]):.4f}")
+    run.record("train/library", {"steps": len(losses), "seconds": train_seconds, "batch_size": LIBRARY["batch_size"],
+                                 "parameters": hf.count_parameters(unet), "final_loss": sum(losses[-100:]) / len(losses[-100:]),
+                                 "losses": losses[:: max(1, len(losses) // 2000)]})
+    return ema.ema_model
+
+
+def sample_grid_figure(path: Path, panels: dict[str, torch.Tensor]) -> None:
+    """Side-by-side grids of 64 samples each, titled; images in [0, 1]."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4))
+    for ax, (title, images) in zip(axes, panels.items()):
+        hf.show_images(images[:64], ax=ax, nrow=8, value_range=(0, 1), title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=hf.FIGURE_DPI)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--train-seconds", type=float, default=180.0, help="wall-clock training budget of each model")
+    parser.add_argument("--n", type=int, default=1000, help="samples per model and sampler")
+    parser.add_argument("--sample-steps", type=int, default=1000, help="ancestral steps for the head-to-head samples")
+    parser.add_argument("--ddim-steps", type=int, nargs="*", default=[250, 100, 50, 20], help="DDIM step counts to score")
+    parser.add_argument("--compare-steps", type=int, default=50, help="DDIM steps for comparing raw and EMA weights")
+    parser.add_argument("--respaced-steps", type=int, nargs="*", default=[50, 20], help="respaced ancestral step counts")
+    parser.add_argument("--speed-batch", type=int, default=128, help="batch of the speed table")
+    parser.add_argument("--loss-check-steps", type=int, default=400, help="steps of the float32 vs bfloat16 loss check (GPU)")
+    parser.add_argument("--deadline", type=float, default=560.0, help="seconds after which optional parts are skipped")
+    parser.add_argument("--skip-library", action="store_true", help="train and score only the project's model")
+    parser.add_argument("--output-dir", default="gpu_results")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    run = Run(Path(args.output_dir), args.deadline)
+    torch.backends.cuda.matmul.allow_tf32 = True  # both models: TF32 matrix products (cuDNN convolutions use it by default)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    run.log(f"{device} ({name}) | torch {torch.__version__} | train {args.train_seconds:.0f} s each | n = {args.n}")
+    run.record("setup", {"device": str(device), "device_name": name, "torch": torch.__version__, **vars(args),
+                         "ours": {k: list(v) if isinstance(v, tuple) else v for k, v in OURS.items()}, "library": LIBRARY})
+
+    nb = notebook_classes("DDPM.ipynb")
+    images, labels = hf.load_mnist_subset()
+    reference = hf.QualityReference(hf.load_classifier(), images, labels)  # both models train on all 5,000 digits
+    floors = hf.reference_scores(reference, args.n)
+    run.log(hf.format_quality("real digits (floor)", floors["real"]))
+    run.log(hf.format_quality("uniform noise (ceiling)", floors["noise"]))
+    run.record("quality/real digits (floor)", floors["real"])
+    run.record("quality/uniform noise (ceiling)", floors["noise"])
+    x01 = images.to(device)
+
+    fast = fast_path_checks(run, nb, device)
+    run.record("fast_paths", fast)
+    channels_last = fast["train_images_per_s"]["bf16+channels_last"] > fast["train_images_per_s"]["bf16"]
+    shape = (args.n, 1, 28, 28)
+
+    # ---- speed table (issue 5), if time allows
+    rows = []
+    peak = matmul_peak(device)
+    run.record("matmul_peak_fp32_flops", peak)
+    run.log(f"measured fp32 matmul peak {peak / 1e12:.1f} TFLOP/s")
+    for dim in (32, 64):
+        variants = [("ours fp32", nb["Unet"], False, False), ("ours bf16", nb["Unet"], True, channels_last)]
+        if not args.skip_library:
+            from denoising_diffusion_pytorch import Unet as LibraryUnet
+            variants += [("library fp32", lambda dim: LibraryUnet(dim=dim, channels=1, dim_mults=(1, 2, 4)), False, False)]
+        for label, build, bf16_on, cl_on in variants:
+            if run.time_left() < 420:
+                break
+            row = {"name": f"{label} dim={dim}", **measure(label, build(dim=dim), True, device, args.speed_batch, 28, 0, 0, 10, bf16=bf16_on, channels_last=cl_on)}
+            row["fraction_of_matmul_peak"] = row["train_tflops"] * 1e12 / peak
+            rows.append(row)
+            run.log(f"{row['name']:<22s} train {row['train_images_per_s']:9.0f} img/s   infer {row['inference_images_per_s']:9.0f} img/s")
+            run.record("speed", rows)
+
+    # ---- does bfloat16 change the loss curve? The same seeded run of `--loss-check-steps` steps in float32 and bf16
+    if run.time_left() > 400:
+        curves = {}
+        check_schedule = hf.NoiseSchedule(hf.linear_beta_schedule(WEIGHTS_CONFIG["T"])).to(device)
+        for label, bf16_on in (("fp32", False), ("bf16", True)):
+            hf.seed_everything(1)
+            check_model = nb["Unet"](dim=32).to(device)
+            check_optimizer = torch.optim.Adam(check_model.parameters(), lr=OURS["peak_lr"], fused=device.type == "cuda")
+            curves[label] = nb["train_ddpm"](check_model, [], check_optimizer, x01 * 2 - 1, check_schedule, OURS["batch_size"],
+                                             max_steps=args.loss_check_steps, peak_lr=OURS["peak_lr"], warmup_steps=OURS["warmup_steps"],
+                                             grad_clip=OURS["grad_clip"], bf16=bf16_on)
+        windows = {label: [sum(c[i:i + 100]) / len(c[i:i + 100]) for i in range(0, len(c), 100)] for label, c in curves.items()}
+        run.log("loss per 100 steps, fp32: " + " ".join(f"{v:.4f}" for v in windows["fp32"]))
+        run.log("loss per 100 steps, bf16: " + " ".join(f"{v:.4f}" for v in windows["bf16"]))
+        run.record("bf16_loss_check", windows)
+
+    # ---- ours: train, sample, score
+    model, emas, _, train_seconds = train_ours(run, nb, x01 * 2 - 1, device, args.train_seconds, channels_last)
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(WEIGHTS_CONFIG["T"])).to(device)
+    mixed = (lambda m: hf.autocast_model(m, device.type)) if device.type == "cuda" else (lambda m: m)
+    candidates = {"ours raw weights": model.eval()} | {f"ours EMA {d}": ema.module for d, ema in emas.items()}
+    ema_scores = {}
+    for label, network in candidates.items():
+        samples, seconds = timed_sampling(lambda: hf.ddim_sample(mixed(network), schedule, shape, args.compare_steps, device=device,
+                                                                 generator=torch.Generator(device).manual_seed(0), progress=False))
+        ema_scores[label] = score(run, f"{label}, DDIM {args.compare_steps}", samples.clamp(-1, 1), reference, seconds)["classifier_fd"]
+    best_decay = min(OURS["ema_decays"], key=lambda d: ema_scores[f"ours EMA {d}"])
+    run.log(f"best EMA decay by DDIM-{args.compare_steps} FD: {best_decay}")
+    for decay, ema in emas.items():
+        metadata = {"ema_decay": decay, "steps": run.results["train/ours"]["steps"], "batch_size": OURS["batch_size"],
+                    "train_seconds": train_seconds, "device_name": name, "losses": run.results["train/ours"]["losses"],
+                    "trained_by": "tests/gpu_comparison.py (the DDPM notebook's train_ddpm)"}
+        written = hf.save_weights(ema.module, f"ddpm_mnist_ema_{decay}".replace(".", "_"), WEIGHTS_CONFIG, smoke=True, metadata=metadata)
+        written.replace(run.output_dir / written.name)  # smoke=True writes to a temporary folder, never into data/
+    eps_model = mixed(emas[best_decay].module)
+    head_model, head_schedule = (eps_model, schedule) if args.sample_steps >= schedule.timesteps else hf.respaced(eps_model, schedule, args.sample_steps)
+    ours_samples, seconds = timed_sampling(lambda: hf.ddpm_sample(head_model, head_schedule.to(device), shape, device=device,
+                                                                  generator=torch.Generator(device).manual_seed(0), progress=False))
+    ours_samples = ours_samples.clamp(-1, 1)
+    score(run, f"ours EMA {best_decay}, ancestral {args.sample_steps}", ours_samples, reference, seconds)
+    for steps in args.ddim_steps:
+        samples, seconds = timed_sampling(lambda: hf.ddim_sample(eps_model, schedule, shape, steps, device=device,
+                                                                 generator=torch.Generator(device).manual_seed(0), progress=False))
+        score(run, f"ours EMA {best_decay}, DDIM {steps}", samples.clamp(-1, 1), reference, seconds)
+    for steps in args.respaced_steps:
+        short_model, short_schedule = hf.respaced(eps_model, schedule, steps)
+        for variance in ("posterior", "beta"):
+            samples, seconds = timed_sampling(lambda: hf.ddpm_sample(short_model, short_schedule.to(device), shape, device=device, variance=variance,
+                                                                     generator=torch.Generator(device).manual_seed(0), progress=False))
+            score(run, f"ours EMA {best_decay}, ancestral {steps} respaced, {variance}", samples.clamp(-1, 1), reference, seconds)
+
+    # ---- the library: train, sample with its own sampler, score
+    library_samples = None
+    if not args.skip_library:
+        library_model = train_library(run, x01, device, args.train_seconds, nb["random_batches"])
+        library_model.eval()
+        if args.sample_steps != library_model.num_timesteps:
+            library_model.sampling_timesteps, library_model.is_ddim_sampling = args.sample_steps, args.sample_steps < library_model.num_timesteps
+        with torch.inference_mode():
+            library_samples, seconds = timed_sampling(lambda: library_model.sample(batch_size=args.n))
+        score(run, f"library EMA {LIBRARY['ema_decay']}, its sampler {args.sample_steps}", library_samples, reference, seconds, value_range=(0, 1))
+    panels = {f"ours (dim 32), {args.train_seconds:.0f} s": hf.to_unit_range(ours_samples, (-1, 1))}
+    if library_samples is not None:
+        panels[f"denoising-diffusion-pytorch (dim 64), {args.train_seconds:.0f} s"] = library_samples.float().cpu()
+    sample_grid_figure(run.output_dir / "comparison_samples.png", panels)
+
+    # ---- the ancestral sampler with sigma_t^2 = beta_t over all steps, if time allows
+    if run.time_left() > 60:
+        samples, seconds = timed_sampling(lambda: hf.ddpm_sample(head_model, head_schedule.to(device), shape, device=device, variance="beta",
+                                                                 generator=torch.Generator(device).manual_seed(0), progress=False))
+        score(run, f"ours EMA {best_decay}, ancestral {args.sample_steps}, beta", samples.clamp(-1, 1), reference, seconds)
+
+    scaling = []
+    for size in (28, 32, 64):
+        for batch in (16, 64, 256):
+            if run.time_left() < 15:
+                break
+            row = measure("scaling", nb["Unet"](dim=32), True, device, batch, size, 0, 0, 5, bf16=device.type == "cuda", channels_last=channels_last)
+            scaling.append({"size": size, "batch": batch, "train_ms_per_image": 1000 / row["train_images_per_s"],
+                            "inference_ms_per_image": 1000 / row["inference_images_per_s"]})
+            run.log(f"scaling: size {size} batch {batch}: train {scaling[-1]['train_ms_per_image']:.4f} ms/img, "
+                    f"sampling step {scaling[-1]['inference_ms_per_image']:.5f} ms/img")
+            run.record("scaling", scaling)
+
+    # ---- torch.compile: what it costs to compile and what it gains per training step, if time allows
+    if device.type == "cuda" and run.time_left() > 120:
+        for label, build in (("ours bf16 compiled", nb["Unet"]),):
+            model_c = build(dim=32).to(device)
+            compiled = torch.compile(model_c)
+            x, t = torch.randn(128, 1, 28, 28, device=device), torch.randint(0, 1000, (128,), device=device)
+            opt_c = torch.optim.Adam(model_c.parameters(), lr=1e-4, fused=True)
+
+            def step():
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = torch.nn.functional.mse_loss(compiled(x, t).float(), x)
+                opt_c.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_c.step()
+
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            compile_seconds = time.perf_counter() - start
+            for _ in range(5):
+                step()
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(50):
+                step()
+            synchronize(device)
+            images_per_s = 50 * 128 / (time.perf_counter() - start)
+            run.log(f"{label}: compiled in {compile_seconds:.1f} s, then {images_per_s:.0f} training images/s")
+            run.record("compile", {"compile_seconds": compile_seconds, "train_images_per_s": images_per_s})
+    run.log(f"done; results in {run.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The DDPM notebook's training pieces (EMA, learning rate, batches, train_ddpm) and the fast paths: each fast path
+computes what the plain path computes, within a tolerance."""
+
+import math
+
+import pytest
+import torch
+
+import helper_functions as hf
+from notebook_code import notebook_classes
+
+
+@pytest.fixture(scope="module")
+def nb():
+    return notebook_classes("DDPM.ipynb")
+
+
+@pytest.fixture(scope="module")
+def small_unet(nb):
+    torch.manual_seed(0)
+    return nb["Unet"](dim=8, dim_mults=(1, 2)).eval()
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def test_bf16_autocast_model_matches_float32(small_unet):
+    x, t = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1)), torch.arange(0, 1000, 125)
+    with torch.inference_mode():
+        plain = small_unet(x, t)
+        fast = hf.autocast_model(small_unet, "cpu")(x, t)
+    assert fast.dtype == torch.float32 and fast.shape == plain.shape
+    assert 0 < relative_error(fast, plain) < 3e-2  # bf16 keeps ~3 significant digits; it did change something
+
+
+def test_channels_last_matches_the_default_layout(nb):
+    torch.manual_seed(0)
+    model = nb["Unet"](dim=8, dim_mults=(1, 2)).eval()
+    x, t = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 10, 500, 999])
+    with torch.inference_mode():
+        plain = model(x, t)
+        model.to(memory_format=torch.channels_last)
+        fast = model(x.contiguous(memory_format=torch.channels_last), t)
+    assert relative_error(fast, plain) < 1e-5
+
+
+def test_sampling_with_the_bf16_model_stays_close_to_float32(small_unet):
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
+    plain = hf.ddim_sample(small_unet, schedule, (4, 1, 28, 28), 10, generator=torch.Generator().manual_seed(0), progress=False)
+    fast = hf.ddim_sample(hf.autocast_model(small_unet, "cpu"), schedule, (4, 1, 28, 28), 10,
+                          generator=torch.Generator().manual_seed(0), progress=False)
+    assert relative_error(fast, plain) < 5e-2
+
+
+def test_q_sample_checks_values_on_the_cpu_only_and_without_reading_gpu_tensors(monkeypatch):
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(10))
+    with pytest.raises(ValueError, match="0-based"):
+        hf.q_sample(torch.zeros(2, 1, 4, 4), torch.tensor([0, 10]), schedule)
+    # a tensor on another device is never asked for its values (that would be a host-device sync per step)
+    t = torch.tensor([0, 9]).to("meta")
+    hf.check_timesteps(t, 2, 10)
+
+
+def test_ema_follows_its_formula(nb):
+    model = torch.nn.Linear(3, 2)
+    ema = nb["EMA"](model, decay=0.9)
+    start = [p.detach().clone() for p in ema.module.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    for averaged, old, new in zip(ema.module.parameters(), start, model.parameters()):
+        torch.testing.assert_close(averaged, 0.9 * old + 0.1 * new)  # theta_bar <- d theta_bar + (1 - d) theta
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        nb["EMA"](model, decay=1.0)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero(nb):
+    lr = nb["learning_rate"]
+    assert lr(0, 0.0, 1e-3, 200) == pytest.approx(1e-3 / 200)
+    assert lr(199, 0.0, 1e-3, 200) == pytest.approx(1e-3)
+    assert lr(1000, 0.5, 1e-3, 200) == pytest.approx(0.5e-3)
+    assert lr(5000, 1.0, 1e-3, 200) == pytest.approx(0.0, abs=1e-12)
+    assert lr(5000, 1.7, 1e-3, 200) == pytest.approx(0.0, abs=1e-12)  # past the end: stays at zero
+
+
+def test_random_batches_cover_every_image_once_per_epoch(nb):
+    data = torch.arange(10).float()[:, None]
+    batches = nb["random_batches"](data, 3)
+    epoch = torch.cat([next(batches) for _ in range(3)])  # 3 full batches; the 10th image waits for a later epoch
+    assert len(set(epoch[:, 0].tolist())) == 9
+    with pytest.raises(ValueError, match="batch_size"):
+        next(nb["random_batches"](data, 11))
+
+
+def test_train_ddpm_lowers_the_loss_and_updates_every_average(nb):
+    torch.manual_seed(0)
+    model = nb["Unet"](dim=8, dim_mults=(1, 2))
+    emas = [nb["EMA"](model, d) for d in (0.9, 0.99)]
+    before = [next(e.module.parameters()).detach().clone() for e in emas]
+    images, _ = hf.load_mnist_subset()
+    x0 = images[:64] * 2 - 1
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
+    losses = nb["train_ddpm"](model, emas, optimizer, x0, schedule, batch_size=16, max_steps=60, peak_lr=2e-3,
+                              warmup_steps=5, grad_clip=1.0)
+    assert len(losses) == 60 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-10:]) / 10 < sum(losses[:5]) / 5
+    assert optimizer.param_groups[0]["lr"] < 2e-3 * 0.01  # the cosine decay reached (almost) zero
+    for ema, old in zip(emas, before):
+        assert not torch.equal(next(ema.module.parameters()), old)
+
+
+def test_train_ddpm_stops_at_its_time_budget(nb):
+    model = nb["Unet"](dim=8, dim_mults=(1, 2))
+    x0 = torch.randn(32, 1, 28, 28)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
+    losses = nb["train_ddpm"](model, [], optimizer, x0, schedule, batch_size=8, max_steps=10**6, peak_lr=1e-3,
+                              warmup_steps=1, grad_clip=1.0, max_seconds=0.0)
+    assert losses == []
+
+
+def test_train_ddpm_stops_with_a_message_when_the_loss_diverges(nb):
+    model = nb["Unet"](dim=8, dim_mults=(1, 2))
+    x0 = torch.full((16, 1, 28, 28), float("nan"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
+    with pytest.raises(FloatingPointError, match="diverged"):
+        nb["train_ddpm"](model, [], optimizer, x0, schedule, batch_size=8, max_steps=4, peak_lr=1e-3,
+                         warmup_steps=1, grad_clip=1.0)
+
+
+def test_weights_carry_their_metadata(tmp_path, monkeypatch, small_unet):
+    monkeypatch.setenv("SMOKE_TEST", "1")
+    path = hf.save_weights(small_unet, "tiny_meta", {"dim": 8}, metadata={"steps": 3, "losses": [0.5, 0.25]})
+    assert hf.weights_metadata(path) == {"steps": 3, "losses": [0.5, 0.25]}
+    path.unlink()
