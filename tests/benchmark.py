@@ -3,7 +3,10 @@
 Not part of the default test run (pytest collects only test_*.py). Run from the repository root:
 
     python tests/benchmark.py                      # CPU, the notebooks' configurations, JSON to benchmark.json
+    python tests/benchmark.py --bf16               # also both U-Nets under bfloat16 autocast
     python tests/benchmark.py --device cuda --dims 32 64 --batch 128 --sample-images 1000
+
+(tests/gpu_comparison.py runs the GPU speed table together with the 3-minute training comparison.)
 
 The library is needed only here: `pip install denoising-diffusion-pytorch` (never in requirements.txt); without it
 its rows are skipped with a note. Every number printed is measured in this run, on this machine.
@@ -48,10 +51,10 @@ def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
-    """Measured fp32 matrix-multiply FLOP/s of this device (TF32 off)."""
+def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Measured matrix-multiply FLOP/s of this device in dtype (float32 with TF32 off)."""
     torch.backends.cuda.matmul.allow_tf32 = False
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     seconds = timed(lambda: a @ b, device, warmup=2, repeats=repeats)
     return 2 * size**3 / seconds
 
@@ -64,16 +67,19 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor | Non
 
 
 def measure(name: str, model: torch.nn.Module, takes_time: bool, device: torch.device, batch: int, size: int,
-            sample_images: int, sample_steps: int, repeats: int, bf16: bool = False, channels_last: bool = False) -> dict:
+            sample_images: int, sample_steps: int, repeats: int, bf16: bool = False, channels_last: bool = False,
+            compile_model: bool = False) -> dict:
     """Parameters, FLOPs, training and inference images/s, and a sampling loop's time for one model.
 
-    bf16 runs the network under bfloat16 autocast; channels_last stores activations as NHWC (both fast paths).
+    bf16 runs the network under bfloat16 autocast; channels_last stores activations as NHWC; compile_model runs it
+    through torch.compile and reports the seconds the first training step took (the compilation) separately.
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
+    network = torch.compile(model) if compile_model else model
     x = torch.randn(batch, 1, size, size, device=device).contiguous(memory_format=memory_format)
     t = torch.randint(0, 1000, (batch,), device=device) if takes_time else None
-    plain = (lambda inp, tt: model(inp, tt)) if takes_time else (lambda inp, tt: model(inp))
+    plain = (lambda inp, tt: network(inp, tt)) if takes_time else (lambda inp, tt: network(inp))
 
     def call(inp, tt):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -92,12 +98,15 @@ def measure(name: str, model: torch.nn.Module, takes_time: bool, device: torch.d
             call(x, t)
 
     model.train()
+    compile_seconds = None
+    if compile_model:
+        compile_seconds = timed(train_step, device, warmup=0, repeats=1)  # the first call compiles
     train_seconds = timed(train_step, device, warmup=2, repeats=repeats)
     model.eval()
     infer_seconds = timed(inference, device, warmup=2, repeats=repeats)
     flops = forward_flops(model, x, t)
     row = {
-        "model": name, "bf16": bf16, "channels_last": channels_last, "batch": batch, "size": size, "parameters": hf.count_parameters(model), "forward_gflops_per_image": flops / 1e9,
+        "model": name, "bf16": bf16, "channels_last": channels_last, "compiled": compile_model, "compile_seconds": compile_seconds, "batch": batch, "size": size, "parameters": hf.count_parameters(model), "forward_gflops_per_image": flops / 1e9,
         "train_images_per_s": batch / train_seconds, "inference_images_per_s": batch / infer_seconds,
         "train_tflops": 3 * flops * batch / train_seconds / 1e12,
     }
@@ -129,45 +138,60 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[28, 32, 64], help="image sizes for the scaling table")
     parser.add_argument("--batches", type=int, nargs="*", default=[16, 32, 64, 128, 256], help="batches for the scaling table")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--bf16", action="store_true", help="also measure both U-Nets under bfloat16 autocast (and scale in bf16)")
+    parser.add_argument("--compile", action="store_true", help="also measure our DDPM U-Net through torch.compile")
     parser.add_argument("--output", default="benchmark.json")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
 
     peak = matmul_peak(device)
+    peak_bf16 = matmul_peak(device, dtype=torch.bfloat16) if args.bf16 else None
     print(f"{device} | {platform.processor() or platform.machine()} | torch {torch.__version__} | threads {torch.get_num_threads()}"
-          f" | measured fp32 matmul peak {peak / 1e12:.3f} TFLOP/s")
+          f" | measured fp32 matmul peak {peak / 1e12:.3f} TFLOP/s" + (f", bf16 {peak_bf16 / 1e12:.3f}" if args.bf16 else ""))
     toy = notebook_classes("toy_diffusion.ipynb")["BasicUNet"]
     ddpm = notebook_classes("DDPM.ipynb")["Unet"]
     rows = [measure("toy BasicUNet", toy(), False, device, args.batch, 28, 0, 0, args.repeats)]
     for dim in args.dims:
-        rows.append(measure(f"DDPM Unet dim={dim}", ddpm(dim=dim), True, device, args.batch, 28,
-                            args.sample_images, args.sample_steps, args.repeats))
-        library = library_unet(dim)
-        if library is None:
-            print("denoising-diffusion-pytorch is not installed: `pip install denoising-diffusion-pytorch` to compare")
-        else:
-            rows.append(measure(f"library Unet dim={dim}", library, True, device, args.batch, 28,
-                                args.sample_images, args.sample_steps, args.repeats))
-            ours, theirs = rows[-2], rows[-1]
-            print(f"dim {dim}: training {ours['train_images_per_s'] / theirs['train_images_per_s']:.2f}x the library's images/s")
+        for bf16 in (False, True) if args.bf16 else (False,):
+            suffix = " bf16" if bf16 else ""
+            rows.append(measure(f"DDPM Unet dim={dim}{suffix}", ddpm(dim=dim), True, device, args.batch, 28,
+                                args.sample_images, args.sample_steps, args.repeats, bf16=bf16))
+            library = library_unet(dim)
+            if library is None:
+                print("denoising-diffusion-pytorch is not installed: `pip install denoising-diffusion-pytorch` to compare")
+                continue
+            rows.append(measure(f"library Unet dim={dim}{suffix}", library, True, device, args.batch, 28,
+                                args.sample_images, args.sample_steps, args.repeats, bf16=bf16))
     for row in rows:
-        row["fraction_of_matmul_peak"] = row["train_tflops"] * 1e12 / peak
+        row["fraction_of_matmul_peak"] = row["train_tflops"] * 1e12 / (peak_bf16 if row["bf16"] else peak)
         extra = "  ".join(f"{k} {v:.1f}" for k, v in row.items() if k.startswith("sampling_s"))
         print(f"{row['model']:<24s} {row['parameters']:>10,d} params  {row['forward_gflops_per_image']:.3f} GFLOP/img  "
               f"train {row['train_images_per_s']:8.1f} img/s  infer {row['inference_images_per_s']:8.1f} img/s  "
               f"{100 * row['fraction_of_matmul_peak']:5.1f}% of peak  {extra}")
 
+    if args.compile:
+        rows.append(measure(f"DDPM Unet dim={args.dims[0]} compiled", ddpm(dim=args.dims[0]), True, device, args.batch, 28,
+                            0, 0, args.repeats, compile_model=True))
+        print(f"torch.compile: first training step (compilation) {rows[-1]['compile_seconds']:.1f} s")
+    by_name = {row["model"]: row for row in rows}
+    for dim in args.dims:
+        library_fp32 = by_name.get(f"library Unet dim={dim}")
+        for ours in (by_name.get(f"DDPM Unet dim={dim}"), by_name.get(f"DDPM Unet dim={dim} bf16")):
+            if ours and library_fp32:
+                print(f"{ours['model']}: training {ours['train_images_per_s'] / library_fp32['train_images_per_s']:.2f}x "
+                      f"the library's fp32 images/s")
+
     scaling = []
     for size in args.sizes:
         for batch in args.batches:
             model = ddpm(dim=args.dims[0]).to(device)
-            row = measure(f"DDPM Unet dim={args.dims[0]}", model, True, device, batch, size, 0, 0, max(2, args.repeats // 2))
+            row = measure(f"DDPM Unet dim={args.dims[0]}", model, True, device, batch, size, 0, 0, max(2, args.repeats // 2), bf16=args.bf16)
             scaling.append({"size": size, "batch": batch, "train_ms_per_image": 1000 / row["train_images_per_s"],
                             "inference_ms_per_image": 1000 / row["inference_images_per_s"]})
             print(f"size {size:3d} batch {batch:4d}: train {scaling[-1]['train_ms_per_image']:7.2f} ms/img  "
                   f"one sampling step {scaling[-1]['inference_ms_per_image']:7.3f} ms/img")
-    Path(args.output).write_text(json.dumps({"device": str(device), "matmul_peak_flops": peak, "models": rows,
+    Path(args.output).write_text(json.dumps({"device": str(device), "matmul_peak_flops": peak, "matmul_peak_flops_bf16": peak_bf16, "models": rows,
                                              "scaling": scaling, "arguments": vars(args)}, indent=2))
     print(f"wrote {args.output}")
 
