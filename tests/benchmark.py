@@ -163,6 +163,10 @@ def main() -> None:
                 continue
             rows.append(measure(f"library Unet dim={dim}{suffix}", library, True, device, args.batch, 28,
                                 args.sample_images, args.sample_steps, args.repeats, bf16=bf16))
+    if args.compile:
+        rows.append(measure(f"DDPM Unet dim={args.dims[0]} compiled", ddpm(dim=args.dims[0]), True, device, args.batch, 28,
+                            0, 0, args.repeats, compile_model=True))
+        print(f"torch.compile: first training step (compilation) {rows[-1]['compile_seconds']:.1f} s")
     for row in rows:
         row["fraction_of_matmul_peak"] = row["train_tflops"] * 1e12 / (peak_bf16 if row["bf16"] else peak)
         extra = "  ".join(f"{k} {v:.1f}" for k, v in row.items() if k.startswith("sampling_s"))
@@ -170,10 +174,6 @@ def main() -> None:
               f"train {row['train_images_per_s']:8.1f} img/s  infer {row['inference_images_per_s']:8.1f} img/s  "
               f"{100 * row['fraction_of_matmul_peak']:5.1f}% of peak  {extra}")
 
-    if args.compile:
-        rows.append(measure(f"DDPM Unet dim={args.dims[0]} compiled", ddpm(dim=args.dims[0]), True, device, args.batch, 28,
-                            0, 0, args.repeats, compile_model=True))
-        print(f"torch.compile: first training step (compilation) {rows[-1]['compile_seconds']:.1f} s")
     by_name = {row["model"]: row for row in rows}
     for dim in args.dims:
         library_fp32 = by_name.get(f"library Unet dim={dim}")

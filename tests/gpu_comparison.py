@@ -8,7 +8,8 @@ sample-quality measure; then the speed table on the same machine. Not part of th
 Both models train on the 5,000 shipped digits, for the same wall-clock time, on the same device:
 - ours: the DDPM notebook's own `Unet`, `EMA`, `random_batches` and `train_ddpm` (run from DDPM.ipynb), at the
   notebook's GPU settings (batch 128, Adam 1e-3 with 200 warm-up steps and a cosine decay, EMA 0.995 and 0.999
-  side by side, bfloat16 autocast);
+  side by side, plus 0.9995 for the record) in bfloat16 autocast, as in the run that made the shipped weights (that
+  run then measured bf16 slower than float32 for this small model, so the notebook's default is float32);
 - the library: `Unet(dim=64, channels=1, dim_mults=(1, 2, 4))` in `GaussianDiffusion(timesteps=1000,
   objective="pred_noise", beta_schedule="linear")`, batch 128, tuned as well as we know how: Adam 1e-3 with 200
   linear warm-up steps, gradient clipping at 1 and the betas of its own Trainer, ema-pytorch's EMA with decay 0.999
