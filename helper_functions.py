@@ -1,6 +1,6 @@
 """Shared helpers for the Diffusion Playground notebooks.
 
-Sections, in the order a reader meets them: setup, data, noising, plotting, sampling.
+Sections, in the order a reader meets them: setup, data, noising, schedules, plotting, sampling, measuring.
 Every function takes what it needs as arguments; nothing here reads a notebook's globals.
 """
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -325,33 +324,9 @@ def main() -> None:
 
     # ---- torch.compile: what it costs to compile and what it gains per training step, if time allows
     if device.type == "cuda" and run.time_left() > 120:
-        for label, build in (("ours bf16 compiled", nb["Unet"]),):
-            model_c = build(dim=32).to(device)
-            compiled = torch.compile(model_c)
-            x, t = torch.randn(128, 1, 28, 28, device=device), torch.randint(0, 1000, (128,), device=device)
-            opt_c = torch.optim.Adam(model_c.parameters(), lr=1e-4, fused=True)
-
-            def step():
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = torch.nn.functional.mse_loss(compiled(x, t).float(), x)
-                opt_c.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_c.step()
-
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            compile_seconds = time.perf_counter() - start
-            for _ in range(5):
-                step()
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(50):
-                step()
-            synchronize(device)
-            images_per_s = 50 * 128 / (time.perf_counter() - start)
-            run.log(f"{label}: compiled in {compile_seconds:.1f} s, then {images_per_s:.0f} training images/s")
-            run.record("compile", {"compile_seconds": compile_seconds, "train_images_per_s": images_per_s})
+        row = measure("ours bf16 compiled", nb["Unet"](dim=32), True, device, 128, 28, 0, 0, 50, bf16=True, compile_model=True)
+        run.log(f"ours bf16 compiled: compiled in {row['compile_seconds']:.1f} s, then {row['train_images_per_s']:.0f} training images/s")
+        run.record("compile", {"compile_seconds": row["compile_seconds"], "train_images_per_s": row["train_images_per_s"]})
     run.log(f"done; results in {run.output_dir}")
 
 

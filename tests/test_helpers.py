@@ -1,7 +1,6 @@
 """Unit tests of helper_functions.py: setup, data, noising, plotting and the toy sampler."""
 
 import time
-from pathlib import Path
 
 import matplotlib
 
