@@ -130,6 +130,23 @@ def test_real_digits_score_far_better_than_noise(reference):
     assert 0.01 < real["copy_fraction"] < 0.1 and noise["copy_fraction"] == 0.0  # about copy_quantile = 0.05
 
 
+def test_the_floor_is_the_mean_of_several_draws_with_their_spread(reference):
+    one = [hf.reference_scores(reference, 300, seed=seed, draws=1)["real"] for seed in (0, 1)]
+    assert one[0]["classifier_fd"] != one[1]["classifier_fd"] and one[0]["classifier_fd_sd"] == 0.0
+    floor = hf.reference_scores(reference, 300, seed=0, draws=4)["real"]
+    generator = torch.Generator().manual_seed(0)
+    draws = [reference.holdout_images[torch.randperm(len(reference.holdout_images), generator=generator)[:300]] for _ in range(4)]
+    fds = torch.tensor([hf.sample_quality(d, reference, value_range=(0, 1), real_digits=True)["classifier_fd"] for d in draws])
+    assert fds[0].item() == pytest.approx(one[0]["classifier_fd"])
+    assert floor["classifier_fd"] == pytest.approx(fds.mean().item()) and floor["classifier_fd_sd"] == pytest.approx(fds.std().item())
+    assert floor["draws"] == 4 and floor["n"] == 300 and floor["classifier_fd_sd"] > 0
+    assert hf.reference_scores(reference, 300, seed=0, draws=4)["real"] == floor  # seeded
+    assert "mean of 4 draws, FD sd" in hf.format_quality("floor", floor)
+    assert "draws" not in hf.format_quality("one draw", one[0])
+    with pytest.raises(ValueError, match="draws must be at least 1"):
+        hf.reference_scores(reference, 300, draws=0)
+
+
 def test_copying_the_training_set_is_detected(reference):
     copies = reference.training_images[:200]
     scores = hf.sample_quality(copies, reference, value_range=(0, 1))
