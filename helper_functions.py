@@ -601,20 +601,29 @@ def ddim_sample(
     model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     schedule: NoiseSchedule,
     shape: Sequence[int],
-    steps: int,
+    steps: int | Sequence[int],
     eta: float = 0.0,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
     clip_denoised: bool = False,
     progress: bool = True,
 ) -> torch.Tensor:
-    """DDIM (Song et al. 2020, eq. 12) on `steps` evenly spaced timesteps of the same trained eps-model.
+    """DDIM (Song et al. 2020, eq. 12) on a sub-sequence tau of the trained eps-model's timesteps.
 
-    eta = 0 is deterministic given x_T; eta = 1 with steps = T is DDPM's ancestral sampler with sigma_t^2 = beta_tilde_t.
+    steps: a number of evenly spaced timesteps (spaced_timesteps), or the ascending timesteps tau themselves.
+    eta = 0 is deterministic given x_T; eta = 1 is DDPM's ancestral sampler on the same timesteps (sigma^2 = beta_tilde
+    of the respaced schedule: the same images as ddpm_sample on `respaced` for the same generator).
     """
     if eta < 0:
         raise ValueError(f"eta must be non-negative (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
-    taus = spaced_timesteps(schedule.timesteps, steps).flip(0).tolist()  # from T-1 down to 0
+    if isinstance(steps, int):
+        taus = spaced_timesteps(schedule.timesteps, steps).flip(0).tolist()  # from T-1 down to 0
+    else:
+        taus = [int(t) for t in steps]
+        if not taus or any(b <= a for a, b in zip(taus, taus[1:])) or not 0 <= taus[0] <= taus[-1] < schedule.timesteps:
+            raise ValueError(f"timesteps must be strictly ascending within 0 ... {schedule.timesteps - 1}, got {taus}")
+        taus = taus[::-1]
+        steps = len(taus)
     probe = torch.empty(0, device=device)
     x = _standard_normal(shape, probe, generator)
     alphas_cumprod = schedule.alphas_cumprod.to(device)

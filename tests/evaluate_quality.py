@@ -3,8 +3,13 @@
     python tests/evaluate_quality.py --n 1000 --samplers ddim:50 ddim:20
     python tests/evaluate_quality.py --n 1000 --samplers ancestral:1000 ddim:250 ddim:100 ddim:50 ddim:20   # GPU
     python tests/evaluate_quality.py --n 1000 --chunk 1000 --samplers ancestral:1000 ancestral_beta:1000 --compile  # GPU
+    python tests/evaluate_quality.py --n 1000 --bf16 --samplers ddim:20 ddim_trailing:20 ddim_quadratic:20 ddim:50:0.5 ddim:50:1
 
-Samplers: ancestral (DDPM, sigma^2 = beta_tilde; respaced when STEPS < 1000), ancestral_beta (sigma^2 = beta), ddim (eta = 0).
+Samplers, KIND:STEPS or ddim...:STEPS:ETA: ancestral (DDPM, sigma^2 = beta_tilde; respaced when STEPS < 1000),
+ancestral_beta (sigma^2 = beta), ddim (evenly spaced timesteps, eta = 0 unless given), ddim_trailing (every
+T/STEPS-th timestep ending at T-1, the last call at T/STEPS - 1), ddim_quadratic (t_i = (T-1) (i/(STEPS-1))^2, more steps
+near t = 0, as Song et al. used for CIFAR-10). Every chunk starts from the same x_T whatever the sampler.
+--clip clips the predicted x0 to [-1, 1] at every step.
 --compile runs the network through torch.compile(mode="reduce-overhead") (CUDA graphs on a GPU); its first
 sampler's time includes the compilation.
 
@@ -29,30 +34,45 @@ from notebook_code import notebook_classes  # noqa: E402
 CONFIG = {"dim": 32, "dim_mults": [1, 2, 4], "T": 1000, "beta_start": 1e-4, "beta_end": 0.02, "image_size": 28}
 
 
-def sample(model, schedule, kind: str, steps: int, n: int, device: torch.device, seed: int) -> torch.Tensor:
-    """n samples in [-1, 1] from the named sampler: ancestral (DDPM, respaced when steps < T) or ddim (eta = 0)."""
+def ddim_timesteps(kind: str, steps: int, timesteps: int) -> list[int]:
+    """The ascending timesteps tau each DDIM variant visits."""
+    if kind == "ddim":
+        return hf.spaced_timesteps(timesteps, steps).tolist()
+    if kind == "ddim_trailing":
+        stride = timesteps / steps
+        return [round(stride * (i + 1)) - 1 for i in range(steps)]
+    if kind == "ddim_quadratic":
+        return [round((timesteps - 1) * (i / max(steps - 1, 1)) ** 2) for i in range(steps)]
+    raise ValueError(kind)
+
+
+def sample(model, schedule, kind: str, steps: int, eta: float, n: int, device: torch.device, seed: int,
+           clip: bool) -> torch.Tensor:
+    """n samples in [-1, 1] from the named sampler (see the module docstring)."""
     generator = torch.Generator(device).manual_seed(seed)
     shape = (n, 1, 28, 28)
-    if kind == "ddim":
-        return hf.ddim_sample(model, schedule, shape, steps, device=device, generator=generator, progress=False)
+    if kind.startswith("ddim"):
+        return hf.ddim_sample(model, schedule, shape, ddim_timesteps(kind, steps, schedule.timesteps), eta=eta,
+                              device=device, generator=generator, clip_denoised=clip, progress=False)
     if kind in ("ancestral", "ancestral_beta"):
         short_model, short_schedule = hf.respaced(model, schedule, steps) if steps < schedule.timesteps else (model, schedule)
         variance = "beta" if kind == "ancestral_beta" else "posterior"
         return hf.ddpm_sample(short_model, short_schedule.to(device), shape, device=device, generator=generator,
-                              variance=variance, progress=False)
-    raise ValueError(f"unknown sampler {kind!r}: use ancestral:STEPS, ancestral_beta:STEPS or ddim:STEPS")
+                              variance=variance, clip_denoised=clip, progress=False)
+    raise ValueError(f"unknown sampler {kind!r}: see --help")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000, help="samples per sampler (and real digits for the floor)")
-    parser.add_argument("--samplers", nargs="+", default=["ddim:50"], help="KIND:STEPS, KIND in ancestral, ddim")
+    parser.add_argument("--samplers", nargs="+", default=["ddim:50"], help="KIND:STEPS or ddim...:STEPS:ETA (see above)")
     parser.add_argument("--weights", default=str(hf.DATA_DIR / "ddpm_mnist_ema.pt"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk", type=int, default=200, help="images per sampling batch (CPU caches favour ~200)")
     parser.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast")
     parser.add_argument("--compile", action="store_true", help='torch.compile(mode="reduce-overhead") the network')
+    parser.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] at every step")
     parser.add_argument("--output", default="quality.json")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -67,17 +87,24 @@ def main() -> None:
     images, labels = hf.load_mnist_subset()
     reference = hf.QualityReference(hf.load_classifier(), images, labels)
     results = hf.reference_scores(reference, args.n, seed=args.seed)
-    print(f"{device} | weights {Path(args.weights).name} | n = {args.n} | bf16 {args.bf16} | compile {args.compile}", flush=True)
+    print(f"{device} | weights {Path(args.weights).name} | n = {args.n} | bf16 {args.bf16} | compile {args.compile} | clip {args.clip}",
+          flush=True)
     print(hf.format_quality("real digits (floor)", results["real"]))
+    samplers = []
     for spec in args.samplers:
-        kind, steps = spec.split(":")
+        kind, steps, *eta = spec.split(":")
+        if kind not in ("ancestral", "ancestral_beta", "ddim", "ddim_trailing", "ddim_quadratic") or len(eta) > 1 \
+                or (eta and not kind.startswith("ddim")):
+            parser.error(f"bad sampler {spec!r}: KIND:STEPS, or ddim...:STEPS:ETA (see the list above)")
+        samplers.append((spec, kind, int(steps), float(eta[0]) if eta else 0.0))
+    for spec, kind, steps, eta in samplers:
         start = time.perf_counter()
         chunks = [min(args.chunk, args.n - first) for first in range(0, args.n, args.chunk)]
-        samples = torch.cat([sample(model, schedule, kind, int(steps), size, device, args.seed + i).clamp(-1, 1).cpu()
+        samples = torch.cat([sample(model, schedule, kind, steps, eta, size, device, args.seed + i, args.clip).clamp(-1, 1).cpu()
                              for i, size in enumerate(chunks)])
         seconds = time.perf_counter() - start  # .cpu() above waited for the GPU
         results[spec] = {**hf.sample_quality(samples, reference), "seconds": seconds}
-        print(hf.format_quality(f"{kind} {steps} steps", results[spec]) + f"   {seconds:7.1f} s", flush=True)
+        print(hf.format_quality(f"{spec}{' clip' if args.clip else ''}", results[spec]) + f"   {seconds:7.1f} s", flush=True)
     print(hf.format_quality("uniform noise (ceiling)", results["noise"]))
     Path(args.output).write_text(json.dumps({"device": str(device), "n": args.n, "results": results}, indent=2))
     print(f"wrote {args.output}")

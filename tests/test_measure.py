@@ -51,6 +51,19 @@ def test_ddim_eta_one_is_ancestral_ddpm_on_the_same_steps(schedule, steps):
     assert not torch.allclose(half_way, ancestral, rtol=1e-2, atol=1e-2)
 
 
+def test_ddim_on_given_timesteps(schedule):
+    """steps may be the timesteps themselves: spaced_timesteps' own gives the same images; others give others."""
+    model = lambda x, t: 0.3 * x  # noqa: E731
+    run = lambda steps: hf.ddim_sample(model, schedule, (2, 1, 3, 3), steps, generator=torch.Generator().manual_seed(0),  # noqa: E731
+                                       progress=False)
+    assert torch.equal(run(20), run(hf.spaced_timesteps(1000, 20).tolist()))
+    trailing = [49 + 50 * i for i in range(20)]
+    assert not torch.allclose(run(20), run(trailing))
+    for bad in ([], [5, 5, 9], [9, 5], [0, 1000], [-1, 3]):
+        with pytest.raises(ValueError, match="strictly ascending within 0 ... 999"):
+            run(bad)
+
+
 def test_ddim_errors(schedule):
     model = lambda x, t: x  # noqa: E731
     with pytest.raises(ValueError, match="steps must lie in 1 ... 1000"):

@@ -1,0 +1,87 @@
+"""A small hyperparameter sweep of the DDPM notebook's own training loop, scored with the project's measure
+(not part of the default test run).
+
+Each setting trains the notebook's `Unet` with its `train_ddpm` from the same seed for the same budget, then scores
+the last raw weights (the cosine decay ends at a learning rate of 0, and a short run is too short for the EMA
+decays the notebook uses) with ancestral sampling on respaced steps (sigma^2 = beta_tilde, i.e. DDIM with eta = 1).
+
+    python tests/tune.py --bf16 --steps 600 --batch 32 --lr 2.5e-4 5e-4 1e-3 --n 500       # 2-core CPU, ~20 minutes
+    python tests/tune.py --seconds 60 --batch 128 --lr 5e-4 1e-3 2e-3 --dims 32 64 --n 1000  # one GPU
+
+Prints one line per setting (steps done, last-100-step loss, the measure) and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import helper_functions as hf  # noqa: E402
+from notebook_code import notebook_classes  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lr", type=float, nargs="+", default=[1e-3], help="peak Adam learning rates to try")
+    parser.add_argument("--dims", type=int, nargs="+", default=[32], help="U-Net widths to try")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
+    parser.add_argument("--steps", type=int, default=600, help="training steps per setting (the budget on a CPU)")
+    parser.add_argument("--seconds", type=float, default=None, help="wall-clock budget per setting instead (a GPU)")
+    parser.add_argument("--n", type=int, default=500, help="samples scored per setting")
+    parser.add_argument("--sample-steps", type=int, default=50, help="respaced ancestral steps for the samples")
+    parser.add_argument("--chunk", type=int, default=200, help="images per sampling batch")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for training and sampling")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="tune.json")
+    args = parser.parse_args()
+    if args.steps < 1 or args.n < 2 or args.batch < 1:
+        parser.error("--steps, --batch must be positive and --n at least 2")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    notebook = notebook_classes("DDPM.ipynb")
+    images, labels = hf.load_mnist_subset()
+    x0 = (images * 2 - 1).to(device)  # the notebook's x0 = 2x - 1, all 5,000 shipped digits
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000)).to(device)
+    reference = hf.QualityReference(hf.load_classifier(), images, labels)
+    floor = hf.reference_scores(reference, args.n, seed=args.seed)["real"]
+    budget = f"{args.seconds:g} s" if args.seconds else f"{args.steps} steps"
+    print(f"{device} | batch {args.batch} | {budget} per setting | bf16 {args.bf16} | n = {args.n}, "
+          f"{args.sample_steps} respaced ancestral steps", flush=True)
+    print(hf.format_quality("real digits (floor)", floor), flush=True)
+    results = {"device": str(device), "args": vars(args), "floor": floor, "runs": {}}
+    for dim, peak_lr in itertools.product(args.dims, args.lr):
+        hf.seed_everything(args.seed)
+        model = notebook["Unet"](dim=dim, dim_mults=(1, 2, 4)).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr, fused=device.type == "cuda")
+        start = time.perf_counter()
+        losses = notebook["train_ddpm"](model, [], optimizer, x0, schedule, args.batch,
+                                        max_steps=10**9 if args.seconds else args.steps, peak_lr=peak_lr,
+                                        warmup_steps=args.warmup, grad_clip=1.0, max_seconds=args.seconds, bf16=args.bf16)
+        train_seconds = time.perf_counter() - start
+        network = hf.autocast_model(model.eval(), device.type) if args.bf16 else model.eval()
+        short_model, short_schedule = hf.respaced(network, schedule, args.sample_steps)
+        generator = torch.Generator(device).manual_seed(args.seed)
+        samples = hf.sample_in_batches(
+            lambda size: hf.ddpm_sample(short_model, short_schedule.to(device), (size, 1, 28, 28), device=device,
+                                        generator=generator, progress=False),
+            args.n, args.chunk).clamp(-1, 1)
+        scores = hf.sample_quality(samples, reference)
+        name = f"dim {dim}, lr {peak_lr:g}"
+        results["runs"][name] = {**scores, "steps": len(losses), "train_seconds": train_seconds,
+                                 "last_loss": sum(losses[-100:]) / len(losses[-100:])}
+        print(hf.format_quality(name, scores) + f"   {len(losses)} steps in {train_seconds:.0f} s, "
+              f"loss {results['runs'][name]['last_loss']:.4f}", flush=True)
+        Path(args.output).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
