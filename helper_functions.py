@@ -620,7 +620,7 @@ def ddim_sample(
         taus = spaced_timesteps(schedule.timesteps, steps).flip(0).tolist()  # from T-1 down to 0
     else:
         taus = [int(t) for t in steps]
-        if not taus or any(b <= a for a, b in zip(taus, taus[1:])) or not 0 <= taus[0] <= taus[-1] < schedule.timesteps:
+        if not taus or taus != sorted(set(taus)) or not 0 <= taus[0] <= taus[-1] < schedule.timesteps:
             raise ValueError(f"timesteps must be strictly ascending within 0 ... {schedule.timesteps - 1}, got {taus}")
         taus = taus[::-1]
         steps = len(taus)
