@@ -616,7 +616,8 @@ def ddim_sample(
     """
     if eta < 0:
         raise ValueError(f"eta must be non-negative (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
-    if isinstance(steps, int):
+    if not isinstance(steps, (list, tuple, torch.Tensor)):
+        steps = int(steps)
         taus = spaced_timesteps(schedule.timesteps, steps).flip(0).tolist()  # from T-1 down to 0
     else:
         taus = [int(t) for t in steps]

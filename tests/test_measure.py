@@ -57,6 +57,7 @@ def test_ddim_on_given_timesteps(schedule):
     run = lambda steps: hf.ddim_sample(model, schedule, (2, 1, 3, 3), steps, generator=torch.Generator().manual_seed(0),  # noqa: E731
                                        progress=False)
     assert torch.equal(run(20), run(hf.spaced_timesteps(1000, 20).tolist()))
+    assert torch.equal(run(20), run(hf.spaced_timesteps(1000, 20)))  # a tensor of timesteps works too
     trailing = [49 + 50 * i for i in range(20)]
     assert not torch.allclose(run(20), run(trailing))
     for bad in ([], [5, 5, 9], [9, 5], [0, 1000], [-1, 3]):
