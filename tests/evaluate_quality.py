@@ -19,6 +19,7 @@ Prints one line per sampler next to the real-digit floor and the noise ceiling a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -99,10 +100,10 @@ def main() -> None:
         samplers.append((spec, kind, int(steps), float(eta[0]) if eta else 0.0))
     for spec, kind, steps, eta in samplers:
         start = time.perf_counter()
-        chunks = [min(args.chunk, args.n - first) for first in range(0, args.n, args.chunk)]
-        samples = torch.cat([sample(model, schedule, kind, steps, eta, size, device, args.seed + i, args.clip).clamp(-1, 1).cpu()
-                             for i, size in enumerate(chunks)])
-        seconds = time.perf_counter() - start  # .cpu() above waited for the GPU
+        chunk_seeds = itertools.count(args.seed)  # chunk i starts from seed + i, whatever the sampler
+        samples = hf.sample_in_batches(lambda size: sample(model, schedule, kind, steps, eta, size, device, next(chunk_seeds), args.clip),
+                                       args.n, args.chunk).clamp(-1, 1)
+        seconds = time.perf_counter() - start  # sample_in_batches' .cpu() waited for the GPU
         results[spec] = {**hf.sample_quality(samples, reference), "seconds": seconds}
         print(hf.format_quality(f"{spec}{' clip' if args.clip else ''}", results[spec]) + f"   {seconds:7.1f} s", flush=True)
     print(hf.format_quality("uniform noise (ceiling)", results["noise"]))
