@@ -497,6 +497,66 @@ def autocast_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     return mixed_precision_model
 
 
+def cuda_graphed(fn: Callable[..., torch.Tensor], *example_inputs: torch.Tensor, warmup_calls: int = 3
+                 ) -> Callable[..., torch.Tensor]:
+    """fn recorded once as a CUDA graph and replayed from then on: the same kernels, launched by one call.
+
+    A small network on a large GPU spends most of a step launching kernels, not running them: the DDPM U-Net's
+    forward pass is a few hundred kernels of microseconds each, each launched from Python. A graph replays all of
+    them from a single launch. What that asks of fn: GPU work only, no values read back to the host, no shapes or
+    branches that depend on values; random draws inside it (torch.randn and friends on the default generator) are
+    drawn afresh at every replay. The recorded inputs and output live at fixed addresses, so the returned function
+    copies its arguments into the recorded inputs (same shapes, dtypes and device as example_inputs), replays, and
+    returns a copy of the recorded output. fn first runs warmup_calls times on example_inputs, on a side stream, so
+    that lazy set-up (cuDNN's algorithm choice, autograd's buffers) is not recorded; their results are dropped.
+    Call this in the grad mode fn will run in (under torch.inference_mode for sampling).
+    """
+    if not example_inputs or any(not torch.is_tensor(x) or x.device.type != "cuda" for x in example_inputs):
+        raise ValueError("cuda_graphed records GPU work: give it at least one example input, all tensors on a CUDA device")
+    if warmup_calls < 1:
+        raise ValueError(f"warmup_calls must be at least 1 (lazy set-up must not be recorded), got {warmup_calls}")
+    static_inputs = [x.detach().clone() for x in example_inputs]
+    side_stream = torch.cuda.Stream(device=static_inputs[0].device)
+    side_stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side_stream):
+        for _ in range(warmup_calls):
+            fn(*static_inputs)
+    torch.cuda.current_stream().wait_stream(side_stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_output = fn(*static_inputs)
+
+    def replay(*inputs: torch.Tensor) -> torch.Tensor:
+        if len(inputs) != len(static_inputs):
+            raise ValueError(f"the graph was recorded with {len(static_inputs)} inputs, got {len(inputs)}")
+        for recorded, given in zip(static_inputs, inputs):
+            if given.shape != recorded.shape or given.dtype != recorded.dtype or given.device != recorded.device:
+                raise ValueError(f"the graph was recorded for {tuple(recorded.shape)} {recorded.dtype} on {recorded.device}, got "
+                                 f"{tuple(given.shape)} {given.dtype} on {given.device}: record another one for this input")
+            recorded.copy_(given)
+        graph.replay()
+        return static_output.clone()
+
+    return replay
+
+
+def graphed_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """model(x, t) for a sampler, recorded as a CUDA graph (cuda_graphed) the first time it meets each batch shape.
+
+    The samplers call the network once per step with the same shapes, so after the first step every call is a single
+    graph launch. GPU only; call it, and sample, under torch.inference_mode (the samplers are).
+    """
+    graphs: dict[tuple, Callable[..., torch.Tensor]] = {}
+
+    def model_from_graph(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.device, tuple(t.shape), t.dtype)
+        if key not in graphs:
+            graphs[key] = cuda_graphed(model, x, t)
+        return graphs[key](x, t)
+
+    return model_from_graph
+
+
 def _standard_normal(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """N(0, I) noise of shape on like's device; drawn from generator (on its own device) when one is given."""
     if generator is None:

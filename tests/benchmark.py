@@ -68,12 +68,16 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor | Non
 
 def measure(name: str, model: torch.nn.Module, takes_time: bool, device: torch.device, batch: int, size: int,
             sample_images: int, sample_steps: int, repeats: int, bf16: bool = False, channels_last: bool = False,
-            compile_model: bool = False) -> dict:
+            compile_model: bool = False, cuda_graph: bool = False) -> dict:
     """Parameters, FLOPs, training and inference images/s, and a sampling loop's time for one model.
 
     bf16 runs the network under bfloat16 autocast; channels_last stores activations as NHWC; compile_model runs it
-    through torch.compile and reports the seconds the first training step took (the compilation) separately.
+    through torch.compile and reports the seconds the first training step took (the compilation) separately;
+    cuda_graph (GPU only) replays the forward, loss and backward of a training step, and the network call of
+    inference and sampling, as recorded CUDA graphs (helper_functions.cuda_graphed), as train_ddpm does.
     """
+    if cuda_graph and not takes_time:
+        raise ValueError("cuda_graph records model(x, t): it needs a model that takes the timestep")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     network = torch.compile(model) if compile_model else model
@@ -87,17 +91,26 @@ def measure(name: str, model: torch.nn.Module, takes_time: bool, device: torch.d
 
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
-    def train_step():
-        loss = F.mse_loss(call(x, t), x)
+    def loss_and_gradients(inp, tt):
+        loss = F.mse_loss(call(inp, tt), inp)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        return loss.detach()
+
+    model.train()
+    forward_backward = hf.cuda_graphed(loss_and_gradients, x, t) if cuda_graph else loss_and_gradients
+
+    def train_step():
+        forward_backward(x, t)
         optimizer.step()
+
+    with torch.inference_mode():
+        network_call = hf.graphed_model(call) if cuda_graph else call
 
     def inference():
         with torch.inference_mode():
-            call(x, t)
+            network_call(x, t)
 
-    model.train()
     compile_seconds = None
     if compile_model:
         compile_seconds = timed(train_step, device, warmup=0, repeats=1)  # the first call compiles
@@ -106,14 +119,14 @@ def measure(name: str, model: torch.nn.Module, takes_time: bool, device: torch.d
     infer_seconds = timed(inference, device, warmup=2, repeats=repeats)
     flops = forward_flops(model, x, t)
     row = {
-        "model": name, "bf16": bf16, "channels_last": channels_last, "compiled": compile_model, "compile_seconds": compile_seconds, "batch": batch, "size": size, "parameters": hf.count_parameters(model), "forward_gflops_per_image": flops / 1e9,
+        "model": name, "bf16": bf16, "channels_last": channels_last, "compiled": compile_model, "cuda_graph": cuda_graph, "compile_seconds": compile_seconds, "batch": batch, "size": size, "parameters": hf.count_parameters(model), "forward_gflops_per_image": flops / 1e9,
         "train_images_per_s": batch / train_seconds, "inference_images_per_s": batch / infer_seconds,
         "train_tflops": 3 * flops * batch / train_seconds / 1e12,
     }
     if takes_time and sample_steps > 0:
         schedule = hf.NoiseSchedule(hf.linear_beta_schedule(sample_steps)).to(device)
         start = time.perf_counter()
-        hf.ddpm_sample(call if takes_time else model, schedule, (sample_images, 1, size, size), device=device, progress=False)
+        hf.ddpm_sample(network_call, schedule, (sample_images, 1, size, size), device=device, progress=False)
         synchronize(device)
         row[f"sampling_s_{sample_images}x{sample_steps}"] = time.perf_counter() - start
     return row
@@ -140,6 +153,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bf16", action="store_true", help="also measure both U-Nets under bfloat16 autocast (and scale in bf16)")
     parser.add_argument("--compile", action="store_true", help="also measure our DDPM U-Net through torch.compile")
+    parser.add_argument("--cuda-graph", action="store_true", help="also measure our DDPM U-Net replayed from CUDA graphs (GPU)")
+    parser.add_argument("--channels-last", action="store_true", help="also measure each of our DDPM U-Net's rows in channels_last")
     parser.add_argument("--output", default="benchmark.json")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -155,8 +170,13 @@ def main() -> None:
     for dim in args.dims:
         for bf16 in (False, True) if args.bf16 else (False,):
             suffix = " bf16" if bf16 else ""
-            rows.append(measure(f"DDPM Unet dim={dim}{suffix}", ddpm(dim=dim), True, device, args.batch, 28,
-                                args.sample_images, args.sample_steps, args.repeats, bf16=bf16))
+            for graph in (False, True) if args.cuda_graph else (False,):
+                for channels_last in (False, True) if args.channels_last else (False,):
+                    label = f"DDPM Unet dim={dim}{suffix}" + (" CUDA graph" if graph else "") + (" channels_last" if channels_last else "")
+                    rows.append(measure(label, ddpm(dim=dim), True, device, args.batch, 28, args.sample_images, args.sample_steps,
+                                        args.repeats, bf16=bf16, channels_last=channels_last, cuda_graph=graph))
+                    print(f"{label}: train {rows[-1]['train_images_per_s']:.0f} img/s, infer {rows[-1]['inference_images_per_s']:.0f} img/s",
+                          flush=True)
             library = library_unet(dim)
             if library is None:
                 print("denoising-diffusion-pytorch is not installed: `pip install denoising-diffusion-pytorch` to compare")
@@ -177,8 +197,8 @@ def main() -> None:
     by_name = {row["model"]: row for row in rows}
     for dim in args.dims:
         library_fp32 = by_name.get(f"library Unet dim={dim}")
-        for ours in (by_name.get(f"DDPM Unet dim={dim}"), by_name.get(f"DDPM Unet dim={dim} bf16")):
-            if ours and library_fp32:
+        for ours in [row for row in rows if row["model"].startswith(f"DDPM Unet dim={dim}")]:
+            if library_fp32:
                 print(f"{ours['model']}: training {ours['train_images_per_s'] / library_fp32['train_images_per_s']:.2f}x "
                       f"the library's fp32 images/s")
 

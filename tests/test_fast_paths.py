@@ -163,3 +163,88 @@ def test_batched_sampling_with_one_generator_is_reproducible(small_unet):
 
     first, second = draw(), draw()
     assert torch.equal(first, second) and not torch.equal(first[0], first[2])  # same run twice; batches differ
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+
+
+def test_cuda_graphed_refuses_what_it_cannot_record():
+    with pytest.raises(ValueError, match="CUDA device"):
+        hf.cuda_graphed(lambda x: x * 2, torch.zeros(3))
+    with pytest.raises(ValueError, match="CUDA device"):
+        hf.graphed_model(lambda x, t: x)(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long))
+
+
+@needs_cuda
+def test_graphed_model_gives_the_eager_outputs(nb):
+    torch.manual_seed(0)
+    model = nb["Unet"](dim=8, dim_mults=(1, 2)).cuda().eval()
+    graphed = hf.graphed_model(model)
+    with torch.inference_mode():
+        for seed in range(3):  # the first call records, the next ones replay with new inputs
+            x = torch.randn(6, 1, 28, 28, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+            t = torch.randint(0, 1000, (6,), device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+            assert relative_error(graphed(x, t), model(x, t)) < 1e-5
+        other = graphed(torch.randn(3, 1, 28, 28, device="cuda"), torch.zeros(3, dtype=torch.long, device="cuda"))
+        assert other.shape == (3, 1, 28, 28)  # a new batch shape gets its own recording
+
+
+@needs_cuda
+def test_cuda_graphed_draws_fresh_noise_and_checks_shapes():
+    noisy = hf.cuda_graphed(lambda x: x + torch.randn_like(x), torch.zeros(1000, device="cuda"))
+    first, second = noisy(torch.zeros(1000, device="cuda")), noisy(torch.zeros(1000, device="cuda"))
+    assert not torch.equal(first, second) and 0.9 < first.std().item() < 1.1
+    with pytest.raises(ValueError, match="recorded for"):
+        noisy(torch.zeros(10, device="cuda"))
+
+
+@needs_cuda
+def test_graphed_gradient_steps_match_eager_ones(nb):
+    """The same five Adam steps on the same batches, once eagerly and once through a recorded loss-and-gradient step."""
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000)).to("cuda")
+    generator = torch.Generator("cuda").manual_seed(0)
+    batches = [(torch.randn(8, 1, 28, 28, device="cuda", generator=generator), torch.randint(0, 1000, (8,), device="cuda", generator=generator),
+                torch.randn(8, 1, 28, 28, device="cuda", generator=generator)) for _ in range(5)]
+    final = []
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = nb["Unet"](dim=8, dim_mults=(1, 2)).cuda()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def loss_and_gradients(x0, t, eps):
+            loss = torch.nn.functional.mse_loss(model(hf.q_sample(x0, t, schedule, noise=eps), t), eps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            return loss.detach()
+
+        step = hf.cuda_graphed(loss_and_gradients, *batches[0]) if graphed else loss_and_gradients
+        losses = []
+        for batch in batches:
+            losses.append(step(*batch).item())
+            optimizer.step()
+        final.append((losses, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    assert final[0][0] == pytest.approx(final[1][0], rel=1e-4)
+    assert relative_error(final[1][1], final[0][1]) < 1e-4
+
+
+@needs_cuda
+def test_train_ddpm_with_a_cuda_graph_learns_like_the_eager_loop(nb):
+    images, _ = hf.load_mnist_subset()
+    x0 = (images[:512] * 2 - 1).cuda()
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000)).to("cuda")
+    curves = {}
+    for graphed in (False, True):
+        hf.seed_everything(0)
+        model = nb["Unet"](dim=16, dim_mults=(1, 2)).cuda()
+        emas = [nb["EMA"](model, 0.99)]
+        before = next(emas[0].module.parameters()).detach().clone()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        curves[graphed] = nb["train_ddpm"](model, emas, optimizer, x0, schedule, batch_size=64, max_steps=300, peak_lr=1e-3,
+                                           warmup_steps=20, grad_clip=1.0, cuda_graph=graphed)
+        assert not torch.equal(next(emas[0].module.parameters()), before)
+    for graphed, losses in curves.items():
+        assert len(losses) == 300 and all(math.isfinite(v) for v in losses)
+    eager_tail, graphed_tail = (sum(curves[g][-100:]) / 100 for g in (False, True))
+    assert sum(curves[True][:20]) / 20 > 2 * graphed_tail  # it learns
+    assert graphed_tail == pytest.approx(eager_tail, rel=0.15)  # and as well as the eager loop (other random draws)
