@@ -8,13 +8,14 @@ sample-quality measure; then the speed table on the same machine. Not part of th
 Both models train on the 5,000 shipped digits, for the same wall-clock time, on the same device:
 - ours: the DDPM notebook's own `Unet`, `EMA`, `random_batches` and `train_ddpm` (run from DDPM.ipynb), at the
   notebook's GPU settings (batch 128, Adam 1e-3 with 200 warm-up steps and a cosine decay, EMA 0.995 and 0.999
-  side by side, plus 0.9995 for the record) in bfloat16 autocast, as in the run that made the shipped weights (that
-  run then measured bf16 slower than float32 for this small model, so the notebook's default is float32);
+  side by side, plus 0.9995 for the record), on the fastest path the speed table of the same run measured: the
+  training step replayed from a CUDA graph (as the notebook does on a GPU), in float32 or bfloat16 autocast;
 - the library: `Unet(dim=64, channels=1, dim_mults=(1, 2, 4))` in `GaussianDiffusion(timesteps=1000,
   objective="pred_noise", beta_schedule="linear")`, batch 128, tuned as well as we know how: Adam 1e-3 with 200
   linear warm-up steps, gradient clipping at 1 and the betas of its own Trainer, ema-pytorch's EMA with decay 0.999
   updated every step, float32 (its Trainer's default; TF32 matrix products are allowed for both models).
-Each then samples `--n` images with `--sample-steps` ancestral steps (the library with its own sampler), and the
+Each then samples `--n` images with `--sample-steps` ancestral steps (the library with its own sampler; ours on the
+sampling path measured fastest here, with or without a CUDA graph and bfloat16), and the
 project's measure scores them against the real-digit floor. Everything is written to --output-dir as it is measured
 (results.json, the EMA weights, a figure of both models' samples), so a run cut short keeps what it had.
 """
@@ -90,34 +91,10 @@ def timed_sampling(fn) -> tuple[torch.Tensor, float]:
     return samples, time.perf_counter() - start
 
 
-def fast_path_checks(run: Run, nb: dict, device: torch.device) -> dict:
-    """How far bfloat16 and channels_last move the network's output from plain float32, and their training speed."""
-    torch.manual_seed(0)
-    model = nb["Unet"](dim=32).to(device)
-    x, t = torch.randn(256, 1, 28, 28, device=device), torch.randint(0, 1000, (256,), device=device)
-    with torch.inference_mode():
-        plain = model(x, t)
-        bf16 = hf.autocast_model(model, device.type)(x, t)
-        channels_last = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last), t)
-    model.to(memory_format=torch.contiguous_format)
-    errors = {"bf16": ((bf16 - plain).norm() / plain.norm()).item(),
-              "channels_last": ((channels_last - plain).norm() / plain.norm()).item()}
-    run.log(f"relative output error against float32: bf16 {errors['bf16']:.2e}, channels_last {errors['channels_last']:.2e}")
-    speeds = {}
-    for label, bf16_on, cl_on in (("fp32", False, False), ("bf16", True, False), ("bf16+channels_last", True, True)):
-        row = measure(label, nb["Unet"](dim=32), True, device, OURS["batch_size"], 28, 0, 0, repeats=20 if device.type == "cuda" else 2,
-                      bf16=bf16_on, channels_last=cl_on)
-        speeds[label] = row["train_images_per_s"]
-        run.log(f"our U-Net, batch {OURS['batch_size']}, {label}: {speeds[label]:.0f} training images/s")
-    return {"relative_error": errors, "train_images_per_s": speeds}
-
-
-def train_ours(run: Run, nb: dict, x0: torch.Tensor, device: torch.device, seconds: float, channels_last: bool):
+def train_ours(run: Run, nb: dict, x0: torch.Tensor, device: torch.device, seconds: float, bf16: bool, cuda_graph: bool):
     """The notebook's train_ddpm for `seconds`; returns the raw model, the EMA models and the losses."""
     hf.seed_everything(0)
     model = nb["Unet"](dim=WEIGHTS_CONFIG["dim"], dim_mults=tuple(WEIGHTS_CONFIG["dim_mults"])).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     emas = {decay: nb["EMA"](model, decay) for decay in OURS["ema_decays"]}
     optimizer = torch.optim.Adam(model.parameters(), lr=OURS["peak_lr"], fused=device.type == "cuda")
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(WEIGHTS_CONFIG["T"])).to(device)
@@ -125,13 +102,13 @@ def train_ours(run: Run, nb: dict, x0: torch.Tensor, device: torch.device, secon
     start = time.perf_counter()
     losses = nb["train_ddpm"](model, list(emas.values()), optimizer, x0, schedule, OURS["batch_size"], max_steps=10**9,
                               peak_lr=OURS["peak_lr"], warmup_steps=OURS["warmup_steps"], grad_clip=OURS["grad_clip"],
-                              max_seconds=seconds, bf16=device.type == "cuda")
+                              max_seconds=seconds, bf16=bf16, cuda_graph=cuda_graph)
     synchronize(device)
     train_seconds = time.perf_counter() - start
     run.log(f"ours: {len(losses)} steps of {OURS['batch_size']} in {train_seconds:.1f} s "
             f"({len(losses) * OURS['batch_size'] / train_seconds:.0f} images/s), last-100 loss {sum(losses[-100:]) / len(losses[-100:]):.4f}")
     run.record("train/ours", {"steps": len(losses), "seconds": train_seconds, "batch_size": OURS["batch_size"],
-                              "channels_last": channels_last, "final_loss": sum(losses[-100:]) / len(losses[-100:]),
+                              "bf16": bf16, "cuda_graph": cuda_graph, "final_loss": sum(losses[-100:]) / len(losses[-100:]),
                               "losses": losses[:: max(1, len(losses) // 2000)]})
     return model, emas, losses, train_seconds
 
@@ -191,7 +168,8 @@ def main() -> None:
     parser.add_argument("--compare-steps", type=int, default=50, help="DDIM steps for comparing raw and EMA weights")
     parser.add_argument("--respaced-steps", type=int, nargs="*", default=[50, 20], help="respaced ancestral step counts")
     parser.add_argument("--speed-batch", type=int, default=128, help="batch of the speed table")
-    parser.add_argument("--loss-check-steps", type=int, default=400, help="steps of the float32 vs bfloat16 loss check (GPU)")
+    parser.add_argument("--loss-check-steps", type=int, default=0, help="steps of a float32 vs bfloat16 loss check (0: none)")
+    parser.add_argument("--extra-seeds", type=int, nargs="*", default=[1, 2], help="more draws of DDIM and ancestral, if time allows")
     parser.add_argument("--deadline", type=float, default=560.0, help="seconds after which optional parts are skipped")
     parser.add_argument("--skip-library", action="store_true", help="train and score only the project's model")
     parser.add_argument("--output-dir", default="gpu_results")
@@ -214,54 +192,106 @@ def main() -> None:
     run.record("quality/uniform noise (ceiling)", floors["noise"])
     x01 = images.to(device)
 
-    fast = fast_path_checks(run, nb, device)
-    run.record("fast_paths", fast)
-    channels_last = fast["train_images_per_s"]["bf16+channels_last"] > fast["train_images_per_s"]["bf16"]
     shape = (args.n, 1, 28, 28)
+    on_gpu = device.type == "cuda"
 
-    # ---- speed table (issue 5), if time allows
+    # ---- speed (issue 5): training and inference images/s of both U-Nets at batch --speed-batch
     rows = []
     peak = matmul_peak(device)
+    torch.backends.cuda.matmul.allow_tf32 = True  # matmul_peak measured plain float32; training allows TF32 again
     run.record("matmul_peak_fp32_flops", peak)
     run.log(f"measured fp32 matmul peak {peak / 1e12:.1f} TFLOP/s")
+    variants = [("ours fp32", nb["Unet"], False, False)]
+    if on_gpu:
+        variants += [("ours fp32 CUDA graph", nb["Unet"], False, True), ("ours bf16 CUDA graph", nb["Unet"], True, True)]
+    if not args.skip_library:
+        from denoising_diffusion_pytorch import Unet as LibraryUnet
+        variants += [("library fp32", lambda dim: LibraryUnet(dim=dim, channels=1, dim_mults=(1, 2, 4)), False, False)]
     for dim in (32, 64):
-        variants = [("ours fp32", nb["Unet"], False, False), ("ours bf16", nb["Unet"], True, channels_last)]
-        if not args.skip_library:
-            from denoising_diffusion_pytorch import Unet as LibraryUnet
-            variants += [("library fp32", lambda dim: LibraryUnet(dim=dim, channels=1, dim_mults=(1, 2, 4)), False, False)]
-        for label, build, bf16_on, cl_on in variants:
-            if run.time_left() < 420:
-                break
-            row = {"name": f"{label} dim={dim}", **measure(label, build(dim=dim), True, device, args.speed_batch, 28, 0, 0, 10, bf16=bf16_on, channels_last=cl_on)}
+        for label, build, bf16_on, graph_on in variants:
+            try:
+                row = {"name": f"{label} dim={dim}", **measure(label, build(dim=dim), True, device, args.speed_batch, 28, 0, 0, 20,
+                                                               bf16=bf16_on, cuda_graph=graph_on)}
+            except Exception as error:  # a fast path that fails is reported, and the comparison goes on without it
+                run.log(f"{label} dim={dim} failed: {error!r}")
+                continue
             row["fraction_of_matmul_peak"] = row["train_tflops"] * 1e12 / peak
             rows.append(row)
-            run.log(f"{row['name']:<22s} train {row['train_images_per_s']:9.0f} img/s   infer {row['inference_images_per_s']:9.0f} img/s")
+            run.log(f"{row['name']:<28s} train {row['train_images_per_s']:9.0f} img/s   infer {row['inference_images_per_s']:9.0f} img/s")
             run.record("speed", rows)
+    by_name = {row["name"]: row for row in rows}
+    train_paths = [(False, False)] + [(bf16_on, True) for bf16_on in (False, True) if f"ours {'bf16' if bf16_on else 'fp32'} CUDA graph dim=32" in by_name]
+    train_bf16, train_graph = max(train_paths, key=lambda p: by_name[f"ours {'bf16' if p[0] else 'fp32'}{' CUDA graph' if p[1] else ''} dim=32"]["train_images_per_s"])
+    run.log(f"training path: {'bf16' if train_bf16 else 'fp32'}{', CUDA graph' if train_graph else ''}")
+
+    # ---- which sampling path is fastest: 25 ancestral steps on n images with each (graph recording included)
+    probe_model = nb["Unet"](dim=WEIGHTS_CONFIG["dim"]).to(device).eval()
+    probe_schedule = hf.NoiseSchedule(hf.linear_beta_schedule(25)).to(device)
+    sampling_speed = {}
+    for bf16_on in (False, True):
+        for graph_on in (False, True) if on_gpu else (False,):
+            label = f"{'bf16' if bf16_on else 'fp32'}{' CUDA graph' if graph_on else ''}"
+            try:
+                network = hf.autocast_model(probe_model, device.type) if bf16_on else probe_model
+                network = hf.graphed_model(network) if graph_on else network
+                _, seconds = timed_sampling(lambda: hf.ddpm_sample(network, probe_schedule, shape, device=device, progress=False))
+            except Exception as error:
+                run.log(f"sampling {label} failed: {error!r}")
+                continue
+            sampling_speed[label] = {"bf16": bf16_on, "cuda_graph": graph_on, "seconds_per_step": seconds / 25}
+            run.log(f"sampling {args.n} images, {label}: {1000 * seconds / 25:.1f} ms per step ({seconds / 25 * 1000:.1f} s per 1,000 steps)")
+    run.record("sampling_speed", sampling_speed)
+    if on_gpu:  # where a sampling step's GPU time goes: the kernels of three eager float32 network calls
+        with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as profile:
+            x_probe, t_probe = torch.randn(shape, device=device), torch.full((args.n,), 500, device=device)
+            for _ in range(3):
+                probe_model(x_probe, t_probe)
+            synchronize(device)
+        for key in ("self_device_time_total", "self_cuda_time_total"):
+            try:
+                (run.output_dir / "profile.txt").write_text(profile.key_averages().table(sort_by=key, row_limit=25))
+                break
+            except Exception as error:  # the key's name differs between PyTorch versions
+                run.log(f"profile table by {key}: {error!r}")
+    fastest = min(sampling_speed.values(), key=lambda v: v["seconds_per_step"])
+    del probe_model
+
+    def sampling_network(network):
+        """The network as the fastest sampling path runs it."""
+        network = hf.autocast_model(network, device.type) if fastest["bf16"] else network
+        return hf.graphed_model(network) if fastest["cuda_graph"] else network
 
     # ---- does bfloat16 change the loss curve? The same seeded run of `--loss-check-steps` steps in float32 and bf16
-    if run.time_left() > 400:
+    if args.loss_check_steps > 0 and run.time_left() > 400:
         curves = {}
         check_schedule = hf.NoiseSchedule(hf.linear_beta_schedule(WEIGHTS_CONFIG["T"])).to(device)
         for label, bf16_on in (("fp32", False), ("bf16", True)):
             hf.seed_everything(1)
             check_model = nb["Unet"](dim=32).to(device)
-            check_optimizer = torch.optim.Adam(check_model.parameters(), lr=OURS["peak_lr"], fused=device.type == "cuda")
+            check_optimizer = torch.optim.Adam(check_model.parameters(), lr=OURS["peak_lr"], fused=on_gpu)
             curves[label] = nb["train_ddpm"](check_model, [], check_optimizer, x01 * 2 - 1, check_schedule, OURS["batch_size"],
                                              max_steps=args.loss_check_steps, peak_lr=OURS["peak_lr"], warmup_steps=OURS["warmup_steps"],
-                                             grad_clip=OURS["grad_clip"], bf16=bf16_on)
+                                             grad_clip=OURS["grad_clip"], bf16=bf16_on, cuda_graph=train_graph)
         windows = {label: [sum(c[i:i + 100]) / len(c[i:i + 100]) for i in range(0, len(c), 100)] for label, c in curves.items()}
         run.log("loss per 100 steps, fp32: " + " ".join(f"{v:.4f}" for v in windows["fp32"]))
         run.log("loss per 100 steps, bf16: " + " ".join(f"{v:.4f}" for v in windows["bf16"]))
         run.record("bf16_loss_check", windows)
 
     # ---- ours: train, sample, score
-    model, emas, _, train_seconds = train_ours(run, nb, x01 * 2 - 1, device, args.train_seconds, channels_last)
+    try:
+        model, emas, _, train_seconds = train_ours(run, nb, x01 * 2 - 1, device, args.train_seconds, train_bf16, train_graph)
+    except RuntimeError as error:  # a graph that cannot be recorded fails at once: train the eager loop instead
+        if not train_graph:
+            raise
+        run.log(f"training with a CUDA graph failed ({error!r}); training without one")
+        train_graph = False
+        model, emas, _, train_seconds = train_ours(run, nb, x01 * 2 - 1, device, args.train_seconds, train_bf16, train_graph)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(WEIGHTS_CONFIG["T"])).to(device)
-    mixed = (lambda m: hf.autocast_model(m, device.type)) if device.type == "cuda" else (lambda m: m)
     candidates = {"ours raw weights": model.eval()} | {f"ours EMA {d}": ema.module for d, ema in emas.items()}
     ema_scores = {}
     for label, network in candidates.items():
-        samples, seconds = timed_sampling(lambda: hf.ddim_sample(mixed(network), schedule, shape, args.compare_steps, device=device,
+        network = sampling_network(network)
+        samples, seconds = timed_sampling(lambda: hf.ddim_sample(network, schedule, shape, args.compare_steps, device=device,
                                                                  generator=torch.Generator(device).manual_seed(0), progress=False))
         ema_scores[label] = score(run, f"{label}, DDIM {args.compare_steps}", samples.clamp(-1, 1), reference, seconds)["classifier_fd"]
     best_decay = min(OURS["ema_decays"], key=lambda d: ema_scores[f"ours EMA {d}"])
@@ -272,7 +302,7 @@ def main() -> None:
                     "trained_by": "tests/gpu_comparison.py (the DDPM notebook's train_ddpm)"}
         written = hf.save_weights(ema.module, f"ddpm_mnist_ema_{decay}".replace(".", "_"), WEIGHTS_CONFIG, smoke=True, metadata=metadata)
         written.replace(run.output_dir / written.name)  # smoke=True writes to a temporary folder, never into data/
-    eps_model = mixed(emas[best_decay].module)
+    eps_model = sampling_network(emas[best_decay].module)
     head_model, head_schedule = (eps_model, schedule) if args.sample_steps >= schedule.timesteps else hf.respaced(eps_model, schedule, args.sample_steps)
     ours_samples, seconds = timed_sampling(lambda: hf.ddpm_sample(head_model, head_schedule.to(device), shape, device=device,
                                                                   generator=torch.Generator(device).manual_seed(0), progress=False))
@@ -304,29 +334,27 @@ def main() -> None:
         panels[f"denoising-diffusion-pytorch (dim 64), {args.train_seconds:.0f} s"] = library_samples.float().cpu()
     sample_grid_figure(run.output_dir / "comparison_samples.png", panels)
 
-    # ---- the ancestral sampler with sigma_t^2 = beta_t over all steps, if time allows
-    if run.time_left() > 60:
-        samples, seconds = timed_sampling(lambda: hf.ddpm_sample(head_model, head_schedule.to(device), shape, device=device, variance="beta",
-                                                                 generator=torch.Generator(device).manual_seed(0), progress=False))
-        score(run, f"ours EMA {best_decay}, ancestral {args.sample_steps}, beta", samples.clamp(-1, 1), reference, seconds)
+    # ---- more draws of ours, if time allows: FD at n = 1,000 moves by ~2 between draws, so one draw decides little
+    for seed in args.extra_seeds:
+        for label, sampler in ((f"DDIM {args.compare_steps}, eta 0", lambda g: hf.ddim_sample(eps_model, schedule, shape, args.compare_steps, device=device, generator=g, progress=False)),
+                               (f"DDIM {args.compare_steps}, eta 1", lambda g: hf.ddim_sample(eps_model, schedule, shape, args.compare_steps, eta=1.0, device=device, generator=g, progress=False)),
+                               (f"ancestral {args.sample_steps}", lambda g: hf.ddpm_sample(head_model, head_schedule.to(device), shape, device=device, generator=g, progress=False))):
+            if run.time_left() < 40:
+                break
+            samples, seconds = timed_sampling(lambda: sampler(torch.Generator(device).manual_seed(seed)))
+            score(run, f"ours EMA {best_decay}, {label}, seed {seed}", samples.clamp(-1, 1), reference, seconds)
 
     scaling = []
     for size in (28, 32, 64):
         for batch in (16, 64, 256):
             if run.time_left() < 15:
                 break
-            row = measure("scaling", nb["Unet"](dim=32), True, device, batch, size, 0, 0, 5, bf16=device.type == "cuda", channels_last=channels_last)
+            row = measure("scaling", nb["Unet"](dim=32), True, device, batch, size, 0, 0, 5, bf16=train_bf16, cuda_graph=train_graph)
             scaling.append({"size": size, "batch": batch, "train_ms_per_image": 1000 / row["train_images_per_s"],
                             "inference_ms_per_image": 1000 / row["inference_images_per_s"]})
             run.log(f"scaling: size {size} batch {batch}: train {scaling[-1]['train_ms_per_image']:.4f} ms/img, "
                     f"sampling step {scaling[-1]['inference_ms_per_image']:.5f} ms/img")
             run.record("scaling", scaling)
-
-    # ---- torch.compile: what it costs to compile and what it gains per training step, if time allows
-    if device.type == "cuda" and run.time_left() > 120:
-        row = measure("ours bf16 compiled", nb["Unet"](dim=32), True, device, 128, 28, 0, 0, 50, bf16=True, compile_model=True)
-        run.log(f"ours bf16 compiled: compiled in {row['compile_seconds']:.1f} s, then {row['train_images_per_s']:.0f} training images/s")
-        run.record("compile", {"compile_seconds": row["compile_seconds"], "train_images_per_s": row["train_images_per_s"]})
     run.log(f"done; results in {run.output_dir}")
 
 
