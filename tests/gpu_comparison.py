@@ -241,20 +241,7 @@ def main() -> None:
             sampling_speed[label] = {"bf16": bf16_on, "cuda_graph": graph_on, "seconds_per_step": seconds / 25}
             run.log(f"sampling {args.n} images, {label}: {1000 * seconds / 25:.1f} ms per step ({seconds / 25 * 1000:.1f} s per 1,000 steps)")
     run.record("sampling_speed", sampling_speed)
-    if on_gpu:  # where a sampling step's GPU time goes: the kernels of three eager float32 network calls
-        with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as profile:
-            x_probe, t_probe = torch.randn(shape, device=device), torch.full((args.n,), 500, device=device)
-            for _ in range(3):
-                probe_model(x_probe, t_probe)
-            synchronize(device)
-        for key in ("self_device_time_total", "self_cuda_time_total"):
-            try:
-                (run.output_dir / "profile.txt").write_text(profile.key_averages().table(sort_by=key, row_limit=25))
-                break
-            except Exception as error:  # the key's name differs between PyTorch versions
-                run.log(f"profile table by {key}: {error!r}")
     fastest = min(sampling_speed.values(), key=lambda v: v["seconds_per_step"])
-    del probe_model
 
     def sampling_network(network):
         """The network as the fastest sampling path runs it."""
@@ -355,6 +342,20 @@ def main() -> None:
             run.log(f"scaling: size {size} batch {batch}: train {scaling[-1]['train_ms_per_image']:.4f} ms/img, "
                     f"sampling step {scaling[-1]['inference_ms_per_image']:.5f} ms/img")
             run.record("scaling", scaling)
+    # ---- where a sampling step's GPU time goes: the kernels of three eager float32 network calls. Last, because the
+    # profiler's CUDA tracing can stay attached after it stops and slow every later kernel launch (pytorch#144455)
+    if on_gpu:
+        with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as profile:
+            x_probe, t_probe = torch.randn(shape, device=device), torch.full((args.n,), 500, device=device)
+            for _ in range(3):
+                probe_model(x_probe, t_probe)
+            synchronize(device)
+        for key in ("self_device_time_total", "self_cuda_time_total"):
+            try:
+                (run.output_dir / "profile.txt").write_text(profile.key_averages().table(sort_by=key, row_limit=25))
+                break
+            except Exception as error:  # the key's name differs between PyTorch versions
+                run.log(f"profile table by {key}: {error!r}")
     run.log(f"done; results in {run.output_dir}")
 
 
