@@ -64,7 +64,8 @@ def main() -> None:
         start = time.perf_counter()
         losses = notebook["train_ddpm"](model, [], optimizer, x0, schedule, args.batch,
                                         max_steps=10**9 if args.seconds else args.steps, peak_lr=peak_lr,
-                                        warmup_steps=args.warmup, grad_clip=1.0, max_seconds=args.seconds, bf16=args.bf16)
+                                        warmup_steps=args.warmup, grad_clip=1.0, max_seconds=args.seconds, bf16=args.bf16,
+                                        cuda_graph=device.type == "cuda")  # as the notebook trains on a GPU
         train_seconds = time.perf_counter() - start
         network = hf.autocast_model(model.eval(), device.type) if args.bf16 else model.eval()
         short_model, short_schedule = hf.respaced(network, schedule, args.sample_steps)
