@@ -544,7 +544,9 @@ def graphed_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -
     """model(x, t) for a sampler, recorded as a CUDA graph (cuda_graphed) the first time it meets each batch shape.
 
     The samplers call the network once per step with the same shapes, so after the first step every call is a single
-    graph launch. GPU only; call it, and sample, under torch.inference_mode (the samplers are).
+    graph launch. The graph reads the weights where they live, so in-place changes to them (an EMA update,
+    load_state_dict) are seen by the next call. GPU only; call it, and sample, under torch.inference_mode (the
+    samplers are).
     """
     graphs: dict[tuple, Callable[..., torch.Tensor]] = {}
 
