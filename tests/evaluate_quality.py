@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import helper_functions as hf  # noqa: E402
 from notebook_code import notebook_classes  # noqa: E402
 
+SAMPLER_KINDS = ("ancestral", "ancestral_beta", "ddim", "ddim_trailing", "ddim_quadratic")
 CONFIG = {"dim": 32, "dim_mults": [1, 2, 4], "T": 1000, "beta_start": 1e-4, "beta_end": 0.02, "image_size": 28}
 
 
@@ -94,7 +95,7 @@ def main() -> None:
     samplers = []
     for spec in args.samplers:
         kind, steps, *eta = spec.split(":")
-        if kind not in ("ancestral", "ancestral_beta", "ddim", "ddim_trailing", "ddim_quadratic") or len(eta) > 1 \
+        if kind not in SAMPLER_KINDS or len(eta) > 1 \
                 or (eta and not kind.startswith("ddim")):
             parser.error(f"bad sampler {spec!r}: KIND:STEPS, or ddim...:STEPS:ETA (see the list above)")
         samplers.append((spec, kind, int(steps), float(eta[0]) if eta else 0.0))

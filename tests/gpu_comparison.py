@@ -148,6 +148,12 @@ def train_library(run: Run, x01: torch.Tensor, device: torch.device, seconds: fl
     return ema.ema_model
 
 
+def sampling_path(network, device: torch.device, bf16: bool, cuda_graph: bool):
+    """network(x, t) as a sampler runs it on one path: optionally under bfloat16 autocast, optionally from a CUDA graph."""
+    network = hf.autocast_model(network, device.type) if bf16 else network
+    return hf.graphed_model(network) if cuda_graph else network
+
+
 def sample_grid_figure(path: Path, panels: dict[str, torch.Tensor]) -> None:
     """Side-by-side grids of 64 samples each, titled; images in [0, 1]."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4), squeeze=False)
@@ -232,8 +238,7 @@ def main() -> None:
         for graph_on in (False, True) if on_gpu else (False,):
             label = f"{'bf16' if bf16_on else 'fp32'}{' CUDA graph' if graph_on else ''}"
             try:
-                network = hf.autocast_model(probe_model, device.type) if bf16_on else probe_model
-                network = hf.graphed_model(network) if graph_on else network
+                network = sampling_path(probe_model, device, bf16_on, graph_on)
                 _, seconds = timed_sampling(lambda: hf.ddpm_sample(network, probe_schedule, shape, device=device, progress=False))
             except Exception as error:
                 run.log(f"sampling {label} failed: {error!r}")
@@ -245,8 +250,7 @@ def main() -> None:
 
     def sampling_network(network):
         """The network as the fastest sampling path runs it."""
-        network = hf.autocast_model(network, device.type) if fastest["bf16"] else network
-        return hf.graphed_model(network) if fastest["cuda_graph"] else network
+        return sampling_path(network, device, fastest["bf16"], fastest["cuda_graph"])
 
     # ---- does bfloat16 change the loss curve? The same seeded run of `--loss-check-steps` steps in float32 and bf16
     if args.loss_check_steps > 0 and run.time_left() > 400:
@@ -291,7 +295,8 @@ def main() -> None:
         written.replace(run.output_dir / written.name)  # smoke=True writes to a temporary folder, never into data/
     eps_model = sampling_network(emas[best_decay].module)
     head_model, head_schedule = (eps_model, schedule) if args.sample_steps >= schedule.timesteps else hf.respaced(eps_model, schedule, args.sample_steps)
-    ours_samples, seconds = timed_sampling(lambda: hf.ddpm_sample(head_model, head_schedule.to(device), shape, device=device,
+    head_schedule = head_schedule.to(device)
+    ours_samples, seconds = timed_sampling(lambda: hf.ddpm_sample(head_model, head_schedule, shape, device=device,
                                                                   generator=torch.Generator(device).manual_seed(0), progress=False))
     ours_samples = ours_samples.clamp(-1, 1)
     score(run, f"ours EMA {best_decay}, ancestral {args.sample_steps}", ours_samples, reference, seconds)
@@ -322,10 +327,16 @@ def main() -> None:
     sample_grid_figure(run.output_dir / "comparison_samples.png", panels)
 
     # ---- more draws of ours, if time allows: FD at n = 1,000 moves by ~2 between draws, so one draw decides little
+    extra_samplers = {
+        f"DDIM {args.compare_steps}, eta 0": lambda g: hf.ddim_sample(eps_model, schedule, shape, args.compare_steps, device=device,
+                                                                      generator=g, progress=False),
+        f"DDIM {args.compare_steps}, eta 1": lambda g: hf.ddim_sample(eps_model, schedule, shape, args.compare_steps, eta=1.0,
+                                                                      device=device, generator=g, progress=False),
+        f"ancestral {args.sample_steps}": lambda g: hf.ddpm_sample(head_model, head_schedule, shape, device=device, generator=g,
+                                                                   progress=False),
+    }
     for seed in args.extra_seeds:
-        for label, sampler in ((f"DDIM {args.compare_steps}, eta 0", lambda g: hf.ddim_sample(eps_model, schedule, shape, args.compare_steps, device=device, generator=g, progress=False)),
-                               (f"DDIM {args.compare_steps}, eta 1", lambda g: hf.ddim_sample(eps_model, schedule, shape, args.compare_steps, eta=1.0, device=device, generator=g, progress=False)),
-                               (f"ancestral {args.sample_steps}", lambda g: hf.ddpm_sample(head_model, head_schedule.to(device), shape, device=device, generator=g, progress=False))):
+        for label, sampler in extra_samplers.items():
             if run.time_left() < 40:
                 break
             samples, seconds = timed_sampling(lambda: sampler(torch.Generator(device).manual_seed(seed)))
