@@ -4,12 +4,16 @@
     python tests/evaluate_quality.py --n 1000 --samplers ancestral:1000 ddim:250 ddim:100 ddim:50 ddim:20   # GPU
     python tests/evaluate_quality.py --n 1000 --chunk 1000 --samplers ancestral:1000 ancestral_beta:1000 --compile  # GPU
     python tests/evaluate_quality.py --n 1000 --bf16 --samplers ddim:20 ddim_trailing:20 ddim_quadratic:20 ddim:50:0.5 ddim:50:1
+    python tests/evaluate_quality.py --n 1000 --chunk 1000 --draws 10 --samplers ancestral:1000 ddim:50   # GPU, ~5 min
 
 Samplers, KIND:STEPS or ddim...:STEPS:ETA: ancestral (DDPM, sigma^2 = beta_tilde; respaced when STEPS < 1000),
 ancestral_beta (sigma^2 = beta), ddim (evenly spaced timesteps, eta = 0 unless given), ddim_trailing (every
 T/STEPS-th timestep ending at T-1, the last call at T/STEPS - 1), ddim_quadratic (t_i = (T-1) (i/(STEPS-1))^2, more steps
 near t = 0, as Song et al. used for CIFAR-10). Every chunk starts from the same x_T whatever the sampler.
 --clip clips the predicted x0 to [-1, 1] at every step.
+--draws K scores K independent draws of --n samples per sampler (draw k from seed + 1000 k) and prints each
+sampler's mean FD with its spread, and the ratio of each mean to the first sampler's: at n = 1,000 a single draw's
+FD moves by about 2, so one draw cannot tell two good samplers apart.
 --compile runs the network through torch.compile(mode="reduce-overhead") (CUDA graphs on a GPU); its first
 sampler's time includes the compilation.
 
@@ -33,6 +37,7 @@ import helper_functions as hf  # noqa: E402
 from notebook_code import notebook_classes  # noqa: E402
 
 SAMPLER_KINDS = ("ancestral", "ancestral_beta", "ddim", "ddim_trailing", "ddim_quadratic")
+DRAW_SEED_STRIDE = 1000  # draw k starts from seed + 1000 k; its chunk i from that + i (no two chunks share a seed)
 CONFIG = {"dim": 32, "dim_mults": [1, 2, 4], "T": 1000, "beta_start": 1e-4, "beta_end": 0.02, "image_size": 28}
 
 
@@ -72,11 +77,16 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk", type=int, default=200, help="images per sampling batch (CPU caches favour ~200)")
+    parser.add_argument("--draws", type=int, default=1, help="independent draws of --n samples per sampler")
     parser.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast")
     parser.add_argument("--compile", action="store_true", help='torch.compile(mode="reduce-overhead") the network')
     parser.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] at every step")
     parser.add_argument("--output", default="quality.json")
     args = parser.parse_args()
+    if args.draws < 1 or args.n < 2 or args.chunk < 1:
+        parser.error(f"--draws and --chunk must be at least 1 and --n at least 2, got {args.draws}, {args.chunk}, {args.n}")
+    if -(-args.n // args.chunk) > DRAW_SEED_STRIDE:
+        parser.error(f"at most {DRAW_SEED_STRIDE} chunks per draw (their seeds would reach the next draw's): raise --chunk")
     device = torch.device(args.device)
 
     model = notebook_classes("DDPM.ipynb")["Unet"](dim=CONFIG["dim"], dim_mults=tuple(CONFIG["dim_mults"]))
@@ -99,16 +109,34 @@ def main() -> None:
                 or (eta and not kind.startswith("ddim")):
             parser.error(f"bad sampler {spec!r}: KIND:STEPS, or ddim...:STEPS:ETA (see the list above)")
         samplers.append((spec, kind, int(steps), float(eta[0]) if eta else 0.0))
+    summaries = {}
     for spec, kind, steps, eta in samplers:
-        start = time.perf_counter()
-        chunk_seeds = itertools.count(args.seed)  # chunk i starts from seed + i, whatever the sampler
-        samples = hf.sample_in_batches(lambda size: sample(model, schedule, kind, steps, eta, size, device, next(chunk_seeds), args.clip),
-                                       args.n, args.chunk).clamp(-1, 1)
-        seconds = time.perf_counter() - start  # sample_in_batches' .cpu() waited for the GPU
-        results[spec] = {**hf.sample_quality(samples, reference), "seconds": seconds}
-        print(hf.format_quality(f"{spec}{' clip' if args.clip else ''}", results[spec]) + f"   {seconds:7.1f} s", flush=True)
+        draws = []
+        for draw in range(args.draws):
+            draw_seed = args.seed + DRAW_SEED_STRIDE * draw
+            start = time.perf_counter()
+            chunk_seeds = itertools.count(draw_seed)  # chunk i starts from draw_seed + i, whatever the sampler
+            samples = hf.sample_in_batches(lambda size: sample(model, schedule, kind, steps, eta, size, device, next(chunk_seeds), args.clip),
+                                           args.n, args.chunk).clamp(-1, 1)
+            seconds = time.perf_counter() - start  # sample_in_batches' .cpu() waited for the GPU
+            draws.append({**hf.sample_quality(samples, reference), "seconds": seconds, "seed": draw_seed})
+            label = f"{spec}{' clip' if args.clip else ''}{f', seed {draw_seed}' if args.draws > 1 else ''}"
+            print(hf.format_quality(label, draws[-1]) + f"   {seconds:7.1f} s", flush=True)
+        summaries[spec] = {key: hf.summarise_draws([d[key] for d in draws]) for key in ("classifier_fd", "copy_fraction", "seconds")}
+        results[spec] = draws[0] if args.draws == 1 else {"draws": draws, "summary": summaries[spec]}
     print(hf.format_quality("uniform noise (ceiling)", results["noise"]))
-    Path(args.output).write_text(json.dumps({"device": str(device), "n": args.n, "results": results}, indent=2))
+    if args.draws > 1:
+        first = samplers[0][0]
+        print(f"over {args.draws} draws (mean ± standard error; sd between draws):")
+        for spec, summary in summaries.items():
+            fd, copies = summary["classifier_fd"], summary["copy_fraction"]
+            line = (f"  {spec:<20s} FD {fd['mean']:6.2f} ± {fd['sem']:.2f} (sd {fd['sd']:.2f})   copies {copies['mean']:.3f} ± {copies['sem']:.3f}"
+                    f"   {summary['seconds']['mean']:7.1f} s per draw")
+            if spec != first:
+                ratio, error = hf.ratio_of_means(fd, summaries[first]["classifier_fd"])
+                line += f"   FD {ratio:.2f} ± {error:.2f} times {first}'s"
+            print(line)
+    Path(args.output).write_text(json.dumps({"device": str(device), "n": args.n, "draws": args.draws, "results": results}, indent=2))
     print(f"wrote {args.output}")
 
 

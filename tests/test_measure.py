@@ -1,5 +1,7 @@
 """Unit tests of DDIM and the sample-quality measure in helper_functions.py."""
 
+import math
+
 import pytest
 import torch
 
@@ -172,3 +174,30 @@ def test_sample_quality_checks_its_input(reference):
         hf.sample_quality(torch.zeros(20, 1, 32, 32), reference)
     with pytest.raises(ValueError, match="at least 2"):
         hf.sample_quality(torch.zeros(1, 1, 28, 28), reference)
+
+
+def test_summarise_draws_gives_mean_spread_and_standard_error():
+    summary = hf.summarise_draws([4.0, 6.0, 8.0, 10.0])
+    assert summary["mean"] == pytest.approx(7.0) and summary["draws"] == 4
+    assert summary["sd"] == pytest.approx(math.sqrt(20 / 3))  # sample sd, n - 1 in the denominator
+    assert summary["sem"] == pytest.approx(math.sqrt(20 / 3) / 2)
+    one = hf.summarise_draws([5.4])
+    assert one["mean"] == 5.4 and math.isnan(one["sd"]) and math.isnan(one["sem"])
+    with pytest.raises(ValueError, match="at least one draw"):
+        hf.summarise_draws([])
+    with pytest.raises(ValueError, match="finite"):
+        hf.summarise_draws([1.0, float("nan")])
+
+
+def test_ratio_of_means_propagates_both_standard_errors():
+    a, b = {"mean": 6.0, "sem": 0.6}, {"mean": 5.0, "sem": 0.5}
+    ratio, error = hf.ratio_of_means(a, b)
+    assert ratio == pytest.approx(1.2)
+    assert error == pytest.approx(1.2 * math.sqrt(0.1**2 + 0.1**2))  # both relative errors 10%
+    assert hf.ratio_of_means({"mean": 6.0, "sem": 0.0}, {"mean": 5.0, "sem": 0.0})[1] == 0.0
+    # the first-order error agrees with the spread of simulated ratios
+    generator = torch.Generator().manual_seed(0)
+    simulated = (6.0 + 0.06 * torch.randn(100_000, generator=generator, dtype=torch.float64)) / (5.0 + 0.05 * torch.randn(100_000, generator=generator, dtype=torch.float64))
+    assert hf.ratio_of_means({"mean": 6.0, "sem": 0.06}, {"mean": 5.0, "sem": 0.05})[1] == pytest.approx(simulated.std().item(), rel=0.02)
+    with pytest.raises(ValueError, match="positive"):
+        hf.ratio_of_means(a, {"mean": 0.0, "sem": 0.1})
