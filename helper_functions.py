@@ -12,6 +12,7 @@ import random
 import socket
 import tempfile
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Callable, Sequence
@@ -906,6 +907,20 @@ def sample_quality(samples: torch.Tensor, reference: QualityReference, value_ran
         "copy_fraction": copies.float().mean().item(),
         "n": len(images),
     }
+
+
+def score_sampler(sampler: Callable[[int, torch.Generator], torch.Tensor], reference: QualityReference, n: int,
+                  batch_size: int, seed: int, device: torch.device | str = "cpu") -> tuple[dict[str, float], float]:
+    """Draw n samples as sampler(size, generator) calls of at most batch_size images, all from one generator seeded
+    with seed on device, clamp them to [-1, 1] and score them: returns (sample_quality's figures, seconds to sample).
+
+    The same seed gives every sampler the same starting noise x_T for its first batch.
+    """
+    start = time.perf_counter()
+    generator = torch.Generator(device).manual_seed(seed)
+    samples = sample_in_batches(lambda size: sampler(size, generator), n, batch_size).clamp(-1, 1)
+    seconds = time.perf_counter() - start  # sample_in_batches moved the samples to the CPU: the device has finished
+    return sample_quality(samples, reference), seconds
 
 
 def reference_scores(reference: QualityReference, n: int, seed: int = 0, draws: int = 10) -> dict[str, dict[str, float]]:

@@ -299,7 +299,7 @@ def main() -> None:
     ours_samples, seconds = timed_sampling(lambda: hf.ddpm_sample(head_model, head_schedule, shape, device=device,
                                                                   generator=torch.Generator(device).manual_seed(0), progress=False))
     ours_samples = ours_samples.clamp(-1, 1)
-    score(run, f"ours EMA {best_decay}, ancestral {args.sample_steps}", ours_samples, reference, seconds)
+    head_fd = score(run, f"ours EMA {best_decay}, ancestral {args.sample_steps}", ours_samples, reference, seconds)["classifier_fd"]
     for steps in args.ddim_steps:
         samples, seconds = timed_sampling(lambda: hf.ddim_sample(eps_model, schedule, shape, steps, device=device,
                                                                  generator=torch.Generator(device).manual_seed(0), progress=False))
@@ -335,12 +335,25 @@ def main() -> None:
         f"ancestral {args.sample_steps}": lambda g: hf.ddpm_sample(head_model, head_schedule, shape, device=device, generator=g,
                                                                    progress=False),
     }
+    # seed 0 of two of them is already scored: DDIM eta 0 in the EMA comparison, the ancestral sampler head to head
+    draw_fds = {label: [] for label in extra_samplers}
+    draw_fds[f"DDIM {args.compare_steps}, eta 0"].append(ema_scores[f"ours EMA {best_decay}"])
+    draw_fds[f"ancestral {args.sample_steps}"].append(head_fd)
     for seed in args.extra_seeds:
         for label, sampler in extra_samplers.items():
             if run.time_left() < 40:
                 break
             samples, seconds = timed_sampling(lambda: sampler(torch.Generator(device).manual_seed(seed)))
-            score(run, f"ours EMA {best_decay}, {label}, seed {seed}", samples.clamp(-1, 1), reference, seconds)
+            draw_fds[label].append(score(run, f"ours EMA {best_decay}, {label}, seed {seed}", samples.clamp(-1, 1), reference, seconds)["classifier_fd"])
+    summaries = {label: hf.summarise_draws(fds) for label, fds in draw_fds.items() if fds}
+    run.record("draws/ours", {label: {"fds": draw_fds[label], **summary} for label, summary in summaries.items()})
+    baseline = summaries[f"ancestral {args.sample_steps}"]
+    for label, summary in summaries.items():
+        line = f"ours over {summary['draws']} draws, {label}: FD {summary['mean']:.2f} ± {summary['sem']:.2f} (sd {summary['sd']:.2f})"
+        if label != f"ancestral {args.sample_steps}":
+            ratio, error = hf.ratio_of_means(summary, baseline)
+            line += f", {ratio:.2f} ± {error:.2f} times ancestral {args.sample_steps}'s"
+        run.log(line)
 
     scaling = []
     for size in (28, 32, 64):

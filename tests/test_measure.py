@@ -201,3 +201,21 @@ def test_ratio_of_means_propagates_both_standard_errors():
     assert hf.ratio_of_means({"mean": 6.0, "sem": 0.06}, {"mean": 5.0, "sem": 0.05})[1] == pytest.approx(simulated.std().item(), rel=0.02)
     with pytest.raises(ValueError, match="positive"):
         hf.ratio_of_means(a, {"mean": 0.0, "sem": 0.1})
+
+
+def test_score_sampler_draws_n_in_batches_from_one_seeded_generator(reference):
+    sizes = []
+
+    def sampler(size, generator):  # real digits picked by the generator, stretched to [-2, 2]
+        sizes.append(size)
+        picks = torch.randint(len(reference.holdout_images), (size,), generator=generator)
+        return reference.holdout_images[picks] * 4 - 2
+
+    scores, seconds = hf.score_sampler(sampler, reference, n=250, batch_size=100, seed=3)
+    assert sizes == [100, 100, 50] and seconds >= 0 and scores["n"] == 250
+    generator = torch.Generator().manual_seed(3)
+    expected = torch.cat([reference.holdout_images[torch.randint(len(reference.holdout_images), (size,), generator=generator)]
+                          for size in (100, 100, 50)])
+    assert scores == hf.sample_quality((expected * 4 - 2).clamp(-1, 1), reference)  # clamped to [-1, 1] first
+    assert hf.score_sampler(sampler, reference, 250, 100, seed=3)[0] == scores       # seeded
+    assert hf.score_sampler(sampler, reference, 250, 100, seed=4)[0] != scores
