@@ -5,6 +5,7 @@
     python tests/evaluate_quality.py --n 1000 --chunk 1000 --samplers ancestral:1000 ancestral_beta:1000 --compile  # GPU
     python tests/evaluate_quality.py --n 1000 --bf16 --samplers ddim:20 ddim_trailing:20 ddim_quadratic:20 ddim:50:0.5 ddim:50:1
     python tests/evaluate_quality.py --n 1000 --chunk 1000 --draws 10 --samplers ancestral:1000 ddim:50   # GPU, ~5 min
+    python tests/evaluate_quality.py --n 1000 --seed 1000 --draws 4 --cpu-noise --samplers ddim:50   # the CPU draws' x_T, on a GPU
 
 Samplers, KIND:STEPS or ddim...:STEPS:ETA: ancestral (DDPM, sigma^2 = beta_tilde; respaced when STEPS < 1000),
 ancestral_beta (sigma^2 = beta), ddim (evenly spaced timesteps, eta = 0 unless given), ddim_trailing (every
@@ -14,6 +15,8 @@ near t = 0, as Song et al. used for CIFAR-10). Every chunk starts from the same 
 --draws K scores K independent draws of --n samples per sampler (draw k from seed + 1000 k) and prints each
 sampler's mean FD with its spread, and the ratio of each mean to the first sampler's: at n = 1,000 a single draw's
 FD moves by about 2, so one draw cannot tell two good samplers apart.
+--cpu-noise draws the noise on the CPU, to score a GPU's samples from a CPU run's starting noise (DDIM with eta = 0 is
+then the same computation on both, up to the GPU's TF32 arithmetic).
 --compile runs the network through torch.compile(mode="reduce-overhead") (CUDA graphs on a GPU); its first
 sampler's time includes the compilation.
 
@@ -54,9 +57,9 @@ def ddim_timesteps(kind: str, steps: int, timesteps: int) -> list[int]:
 
 
 def sample(model, schedule, kind: str, steps: int, eta: float, n: int, device: torch.device, seed: int,
-           clip: bool) -> torch.Tensor:
-    """n samples in [-1, 1] from the named sampler (see the module docstring)."""
-    generator = torch.Generator(device).manual_seed(seed)
+           clip: bool, noise_device: torch.device) -> torch.Tensor:
+    """n samples in [-1, 1] from the named sampler (see the module docstring), its noise drawn on noise_device."""
+    generator = torch.Generator(noise_device).manual_seed(seed)
     shape = (n, 1, 28, 28)
     if kind.startswith("ddim"):
         return hf.ddim_sample(model, schedule, shape, ddim_timesteps(kind, steps, schedule.timesteps), eta=eta,
@@ -81,6 +84,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast")
     parser.add_argument("--compile", action="store_true", help='torch.compile(mode="reduce-overhead") the network')
     parser.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] at every step")
+    parser.add_argument("--cpu-noise", action="store_true",
+                        help="draw all noise on the CPU: a GPU run then starts from the very x_T of a CPU run with the same --seed and --chunk")
     parser.add_argument("--output", default="quality.json")
     args = parser.parse_args()
     if args.draws < 1 or args.n < 2 or args.chunk < 1:
@@ -88,6 +93,7 @@ def main() -> None:
     if -(-args.n // args.chunk) > DRAW_SEED_STRIDE:
         parser.error(f"at most {DRAW_SEED_STRIDE} chunks per draw (their seeds would reach the next draw's): raise --chunk")
     device = torch.device(args.device)
+    noise_device = torch.device("cpu") if args.cpu_noise else device
 
     model = notebook_classes("DDPM.ipynb")["Unet"](dim=CONFIG["dim"], dim_mults=tuple(CONFIG["dim_mults"]))
     model = hf.load_weights(model, args.weights, CONFIG).to(device).eval()
@@ -99,8 +105,8 @@ def main() -> None:
     images, labels = hf.load_mnist_subset()
     reference = hf.QualityReference(hf.load_classifier(), images, labels)
     results = hf.reference_scores(reference, args.n, seed=args.seed)
-    print(f"{device} | weights {Path(args.weights).name} | n = {args.n} | bf16 {args.bf16} | compile {args.compile} | clip {args.clip}",
-          flush=True)
+    print(f"{device} | weights {Path(args.weights).name} | n = {args.n} | bf16 {args.bf16} | compile {args.compile} | clip {args.clip}"
+          f" | noise drawn on {noise_device}", flush=True)
     print(hf.format_quality("real digits (floor)", results["real"]))
     samplers = []
     for spec in args.samplers:
@@ -116,7 +122,8 @@ def main() -> None:
             draw_seed = args.seed + DRAW_SEED_STRIDE * draw
             start = time.perf_counter()
             chunk_seeds = itertools.count(draw_seed)  # chunk i starts from draw_seed + i, whatever the sampler
-            samples = hf.sample_in_batches(lambda size: sample(model, schedule, kind, steps, eta, size, device, next(chunk_seeds), args.clip),
+            samples = hf.sample_in_batches(lambda size: sample(model, schedule, kind, steps, eta, size, device, next(chunk_seeds), args.clip,
+                                                               noise_device),
                                            args.n, args.chunk).clamp(-1, 1)
             seconds = time.perf_counter() - start  # sample_in_batches' .cpu() waited for the GPU
             draws.append({**hf.sample_quality(samples, reference), "seconds": seconds, "seed": draw_seed})
