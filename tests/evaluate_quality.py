@@ -72,6 +72,20 @@ def sample(model, schedule, kind: str, steps: int, eta: float, n: int, device: t
     raise ValueError(f"unknown sampler {kind!r}: see --help")
 
 
+def parse_sampler(spec: str) -> tuple[str, str, int, float]:
+    """KIND:STEPS or ddim...:STEPS:ETA -> (spec, kind, steps, eta); ValueError saying what is wrong otherwise."""
+    kind, *numbers = spec.split(":")
+    try:
+        steps, eta = int(numbers[0]), float(numbers[1]) if len(numbers) == 2 else 0.0
+    except (IndexError, ValueError):
+        steps, eta = 0, 0.0
+    if kind not in SAMPLER_KINDS or len(numbers) > 2 or (len(numbers) == 2 and not kind.startswith("ddim")) \
+            or not 1 <= steps <= CONFIG["T"] or eta < 0:
+        raise ValueError(f"bad sampler {spec!r}: KIND:STEPS, or ddim...:STEPS:ETA, with KIND one of {', '.join(SAMPLER_KINDS)}, "
+                         f"1 <= STEPS <= {CONFIG['T']} and ETA >= 0")
+    return spec, kind, steps, eta
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000, help="samples per sampler (and real digits for the floor)")
@@ -92,6 +106,10 @@ def main() -> None:
         parser.error(f"--draws and --chunk must be at least 1 and --n at least 2, got {args.draws}, {args.chunk}, {args.n}")
     if -(-args.n // args.chunk) > DRAW_SEED_STRIDE:
         parser.error(f"at most {DRAW_SEED_STRIDE} chunks per draw (their seeds would reach the next draw's): raise --chunk")
+    try:
+        samplers = [parse_sampler(spec) for spec in args.samplers]
+    except ValueError as error:
+        parser.error(str(error))
     device = torch.device(args.device)
     noise_device = torch.device("cpu") if args.cpu_noise else device
 
@@ -108,13 +126,6 @@ def main() -> None:
     print(f"{device} | weights {Path(args.weights).name} | n = {args.n} | bf16 {args.bf16} | compile {args.compile} | clip {args.clip}"
           f" | noise drawn on {noise_device}", flush=True)
     print(hf.format_quality("real digits (floor)", results["real"]))
-    samplers = []
-    for spec in args.samplers:
-        kind, steps, *eta = spec.split(":")
-        if kind not in SAMPLER_KINDS or len(eta) > 1 \
-                or (eta and not kind.startswith("ddim")):
-            parser.error(f"bad sampler {spec!r}: KIND:STEPS, or ddim...:STEPS:ETA (see the list above)")
-        samplers.append((spec, kind, int(steps), float(eta[0]) if eta else 0.0))
     summaries = {}
     for spec, kind, steps, eta in samplers:
         draws = []
