@@ -327,18 +327,18 @@ def main() -> None:
     sample_grid_figure(run.output_dir / "comparison_samples.png", panels)
 
     # ---- more draws of ours, if time allows: FD at n = 1,000 moves by ~2 between draws, so one draw decides little
+    ddim_label, ancestral_label = f"DDIM {args.compare_steps}, eta 0", f"ancestral {args.sample_steps}"
     extra_samplers = {
-        f"DDIM {args.compare_steps}, eta 0": lambda g: hf.ddim_sample(eps_model, schedule, shape, args.compare_steps, device=device,
-                                                                      generator=g, progress=False),
+        ddim_label: lambda g: hf.ddim_sample(eps_model, schedule, shape, args.compare_steps, device=device, generator=g,
+                                             progress=False),
         f"DDIM {args.compare_steps}, eta 1": lambda g: hf.ddim_sample(eps_model, schedule, shape, args.compare_steps, eta=1.0,
                                                                       device=device, generator=g, progress=False),
-        f"ancestral {args.sample_steps}": lambda g: hf.ddpm_sample(head_model, head_schedule, shape, device=device, generator=g,
-                                                                   progress=False),
+        ancestral_label: lambda g: hf.ddpm_sample(head_model, head_schedule, shape, device=device, generator=g, progress=False),
     }
     # seed 0 of two of them is already scored: DDIM eta 0 in the EMA comparison, the ancestral sampler head to head
     draw_fds = {label: [] for label in extra_samplers}
-    draw_fds[f"DDIM {args.compare_steps}, eta 0"].append(ema_scores[f"ours EMA {best_decay}"])
-    draw_fds[f"ancestral {args.sample_steps}"].append(head_fd)
+    draw_fds[ddim_label].append(ema_scores[f"ours EMA {best_decay}"])
+    draw_fds[ancestral_label].append(head_fd)
     for seed in args.extra_seeds:
         for label, sampler in extra_samplers.items():
             if run.time_left() < 40:
@@ -347,12 +347,12 @@ def main() -> None:
             draw_fds[label].append(score(run, f"ours EMA {best_decay}, {label}, seed {seed}", samples.clamp(-1, 1), reference, seconds)["classifier_fd"])
     summaries = {label: hf.summarise_draws(fds) for label, fds in draw_fds.items() if fds}
     run.record("draws/ours", {label: {"fds": draw_fds[label], **summary} for label, summary in summaries.items()})
-    baseline = summaries[f"ancestral {args.sample_steps}"]
+    baseline = summaries[ancestral_label]
     for label, summary in summaries.items():
         line = f"ours over {summary['draws']} draws, {label}: FD {summary['mean']:.2f} ± {summary['sem']:.2f} (sd {summary['sd']:.2f})"
-        if label != f"ancestral {args.sample_steps}":
+        if label != ancestral_label:
             ratio, error = hf.ratio_of_means(summary, baseline)
-            line += f", {ratio:.2f} ± {error:.2f} times ancestral {args.sample_steps}'s"
+            line += f", {ratio:.2f} ± {error:.2f} times {ancestral_label}'s"
         run.log(line)
 
     scaling = []
