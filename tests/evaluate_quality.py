@@ -6,6 +6,7 @@
     python tests/evaluate_quality.py --n 1000 --bf16 --samplers ddim:20 ddim_trailing:20 ddim_quadratic:20 ddim:50:0.5 ddim:50:1
     python tests/evaluate_quality.py --n 1000 --chunk 1000 --draws 10 --samplers ancestral:1000 ddim:50   # GPU, ~5 min
     python tests/evaluate_quality.py --n 1000 --seed 1000 --draws 4 --cpu-noise --samplers ddim:50   # the CPU draws' x_T, on a GPU
+    python tests/evaluate_quality.py --n 1000 --seed 1000 --draws 4 --emulate-tf32 --samplers ddim:50   # a GPU's arithmetic, on the CPU
 
 Samplers, KIND:STEPS or ddim...:STEPS:ETA: ancestral (DDPM, sigma^2 = beta_tilde; respaced when STEPS < 1000),
 ancestral_beta (sigma^2 = beta), ddim (evenly spaced timesteps, eta = 0 unless given), ddim_trailing (every
@@ -17,6 +18,8 @@ sampler's mean FD with its spread, and the ratio of each mean to the first sampl
 FD moves by about 2, so one draw cannot tell two good samplers apart.
 --cpu-noise draws the noise on the CPU, to score a GPU's samples from a CPU run's starting noise (DDIM with eta = 0 is
 then the same computation on both, up to the GPU's TF32 arithmetic).
+--emulate-tf32 rounds the operands of the network's convolutions and matrix products to TF32, as a GPU does by
+default (tests/tf32_emulation.py): on a CPU, with --seed and --chunk as a CPU run's, the same x_T in a GPU's arithmetic.
 --compile runs the network through torch.compile(mode="reduce-overhead") (CUDA graphs on a GPU); its first
 sampler's time includes the compilation.
 
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import helper_functions as hf  # noqa: E402
 from notebook_code import notebook_classes  # noqa: E402
+from tf32_emulation import tf32_model  # noqa: E402
 
 SAMPLER_KINDS = ("ancestral", "ancestral_beta", "ddim", "ddim_trailing", "ddim_quadratic")
 DRAW_SEED_STRIDE = 1000  # draw k starts from seed + 1000 k; its chunk i from that + i (no two chunks share a seed)
@@ -72,6 +76,17 @@ def sample(model, schedule, kind: str, steps: int, eta: float, n: int, device: t
     raise ValueError(f"unknown sampler {kind!r}: see --help")
 
 
+def arithmetic_label(device: torch.device, bf16: bool, emulate_tf32: bool) -> str:
+    """The network's arithmetic in words, for the printout and the JSON (a GPU's float32 is partly TF32 by default)."""
+    if bf16:
+        return "bfloat16 autocast"
+    if emulate_tf32:
+        return "float32, TF32 operands (emulated)"
+    in_tf32 = [name for name, allowed in (("convolutions", torch.backends.cudnn.allow_tf32),
+                                          ("matrix products", torch.backends.cuda.matmul.allow_tf32)) if allowed]
+    return f"float32, TF32 {' and '.join(in_tf32)}" if device.type == "cuda" and in_tf32 else "float32"
+
+
 def parse_sampler(spec: str) -> tuple[str, str, int, float]:
     """KIND:STEPS or ddim...:STEPS:ETA -> (spec, kind, steps, eta); ValueError saying what is wrong otherwise."""
     kind, *numbers = spec.split(":")
@@ -96,6 +111,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=200, help="images per sampling batch (CPU caches favour ~200)")
     parser.add_argument("--draws", type=int, default=1, help="independent draws of --n samples per sampler")
     parser.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast")
+    parser.add_argument("--emulate-tf32", action="store_true",
+                        help="round the network's convolution and matrix-product operands to TF32 (a GPU's default arithmetic)")
     parser.add_argument("--compile", action="store_true", help='torch.compile(mode="reduce-overhead") the network')
     parser.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] at every step")
     parser.add_argument("--cpu-noise", action="store_true",
@@ -106,6 +123,8 @@ def main() -> None:
         parser.error(f"--draws and --chunk must be at least 1 and --n at least 2, got {args.draws}, {args.chunk}, {args.n}")
     if -(-args.n // args.chunk) > DRAW_SEED_STRIDE:
         parser.error(f"at most {DRAW_SEED_STRIDE} chunks per draw (their seeds would reach the next draw's): raise --chunk")
+    if args.bf16 and args.emulate_tf32:
+        parser.error("--bf16 and --emulate-tf32 are two different arithmetics: choose one")
     try:
         samplers = [parse_sampler(spec) for spec in args.samplers]
     except ValueError as error:
@@ -119,11 +138,14 @@ def main() -> None:
         model = torch.compile(model, mode="reduce-overhead")
     if args.bf16:
         model = hf.autocast_model(model, device.type)
+    if args.emulate_tf32:
+        model = tf32_model(model)
+    arithmetic = arithmetic_label(device, args.bf16, args.emulate_tf32)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(CONFIG["T"])).to(device)
     images, labels = hf.load_mnist_subset()
     reference = hf.QualityReference(hf.load_classifier(), images, labels)
     results = hf.reference_scores(reference, args.n, seed=args.seed)
-    print(f"{device} | weights {Path(args.weights).name} | n = {args.n} | bf16 {args.bf16} | compile {args.compile} | clip {args.clip}"
+    print(f"{device} | weights {Path(args.weights).name} | n = {args.n} | {arithmetic} | compile {args.compile} | clip {args.clip}"
           f" | noise drawn on {noise_device}", flush=True)
     print(hf.format_quality("real digits (floor)", results["real"]))
     summaries = {}
@@ -154,7 +176,7 @@ def main() -> None:
                 ratio, error = hf.ratio_of_means(fd, summaries[first]["classifier_fd"])
                 line += f"   FD {ratio:.2f} ± {error:.2f} times {first}'s"
             print(line)
-    Path(args.output).write_text(json.dumps({"device": str(device), "n": args.n, "draws": args.draws, "results": results}, indent=2))
+    Path(args.output).write_text(json.dumps({"device": str(device), "arithmetic": arithmetic, "n": args.n, "draws": args.draws, "results": results}, indent=2))
     print(f"wrote {args.output}")
 
 

@@ -50,3 +50,14 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path):
     completed = subprocess.run([sys.executable, str(SCRIPT), "--draws", "0", "--output", str(tmp_path / "q.json")],
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 2 and "--draws" in completed.stderr and not (tmp_path / "q.json").exists()
+
+
+def test_tf32_emulation_moves_the_samples_a_little(tmp_path):
+    plain = run_script(tmp_path, "--n", "8", "--seed", "3", "--samplers", "ddim:3")
+    emulated = run_script(tmp_path, "--n", "8", "--seed", "3", "--emulate-tf32", "--samplers", "ddim:3")
+    assert plain["arithmetic"] == "float32" and emulated["arithmetic"] == "float32, TF32 operands (emulated)"
+    fd, fd_tf32 = plain["results"]["ddim:3"]["classifier_fd"], emulated["results"]["ddim:3"]["classifier_fd"]
+    assert fd_tf32 != fd and fd_tf32 == pytest.approx(fd, rel=0.2)  # the same x_T, rounded arithmetic
+    completed = subprocess.run([sys.executable, str(SCRIPT), "--bf16", "--emulate-tf32", "--output", str(tmp_path / "q.json")],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2 and "choose one" in completed.stderr

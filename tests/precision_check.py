@@ -1,0 +1,94 @@
+"""How much the network's arithmetic moves a deterministic DDIM sample (not part of the default test run).
+
+    python tests/precision_check.py --n 200 --seed 1000 --steps 50
+
+DDIM with eta = 0 maps x_T to x_0 without drawing anything else, so two runs from the same x_T differ only by
+their arithmetic. This samples the same x_T (the first chunk of `evaluate_quality.py --seed S` on the CPU) with the
+shipped network in float64 (the reference), float32, TF32 (float32 with the operands of its convolutions and matrix
+products rounded to 10 mantissa bits, as a GPU computes convolutions by default: tests/tf32_emulation.py) and under
+bfloat16 autocast (8 mantissa bits), the sampler's own update in float32 throughout, and
+prints for each: how far its images lie from float64's (mean and largest pixel difference, on the [-1, 1] scale),
+how many images move visibly (a pixel by more than 0.1), how many change their predicted class, and the time.
+Small differences mean the precision of a machine cannot explain a difference between its FDs and another's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import helper_functions as hf  # noqa: E402
+from evaluate_quality import CONFIG  # noqa: E402
+from notebook_code import notebook_classes  # noqa: E402
+from tf32_emulation import tf32_model  # noqa: E402
+
+PRECISIONS = ("float64", "float32", "tf32", "bfloat16")
+VISIBLE = 0.1  # a pixel difference a reader could see in a grid (the [-1, 1] scale spans 2)
+
+
+def network_in(model: torch.nn.Module, precision: str):
+    """model(x, t) with its arithmetic in `precision` (one of PRECISIONS), output in float32."""
+    if precision == "float64":
+        model64 = copy.deepcopy(model).double()
+        return lambda x, t: model64(x.double(), t).float()
+    if precision == "bfloat16":
+        return hf.autocast_model(model, "cpu")
+    if precision == "tf32":
+        return tf32_model(model)
+    if precision == "float32":
+        return model
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def compare(samples: torch.Tensor, reference: torch.Tensor, classifier: hf.MnistClassifier) -> dict[str, float]:
+    """Pixel and class differences of samples from the reference samples (same x_T, same order)."""
+    difference = (samples - reference).abs().flatten(1)
+    with torch.inference_mode():
+        classes = classifier(hf.to_unit_range(samples, (-1, 1))).argmax(1)
+        reference_classes = classifier(hf.to_unit_range(reference, (-1, 1))).argmax(1)
+    return {
+        "mean_pixel_difference": difference.mean().item(),
+        "largest_pixel_difference": difference.max().item(),
+        "visibly_moved": (difference.max(1).values > VISIBLE).float().mean().item(),
+        "class_changed": (classes != reference_classes).float().mean().item(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200, help="images, all from one x_T batch")
+    parser.add_argument("--seed", type=int, default=1000, help="the CPU generator's seed for x_T")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (eta = 0)")
+    parser.add_argument("--weights", default=str(hf.DATA_DIR / "ddpm_mnist_ema.pt"))
+    args = parser.parse_args()
+    if args.n < 1 or not 1 <= args.steps <= CONFIG["T"]:
+        parser.error(f"--n must be positive and --steps within 1 ... {CONFIG['T']}, got {args.n} and {args.steps}")
+
+    model = notebook_classes("DDPM.ipynb")["Unet"](dim=CONFIG["dim"], dim_mults=tuple(CONFIG["dim_mults"]))
+    model = hf.load_weights(model, args.weights, CONFIG).eval()
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(CONFIG["T"]))
+    classifier = hf.load_classifier()
+    samples, seconds = {}, {}
+    for precision in PRECISIONS:
+        generator = torch.Generator().manual_seed(args.seed)  # the same x_T for every precision
+        start = time.perf_counter()
+        samples[precision] = hf.ddim_sample(network_in(model, precision), schedule, (args.n, 1, 28, 28), args.steps,
+                                            generator=generator, progress=False)
+        seconds[precision] = time.perf_counter() - start
+    print(f"DDIM eta = 0, {args.steps} steps, {args.n} images from x_T of CPU seed {args.seed}; differences from the float64 network:")
+    print(f"{'network':<10s} {'mean |dx|':>10s} {'largest |dx|':>13s} {'moved > ' + str(VISIBLE):>12s} {'class changed':>14s} {'seconds':>8s}")
+    for precision in PRECISIONS:
+        figures = compare(samples[precision], samples["float64"], classifier)
+        print(f"{precision:<10s} {figures['mean_pixel_difference']:10.2e} {figures['largest_pixel_difference']:13.2e}"
+              f" {figures['visibly_moved']:12.3f} {figures['class_changed']:14.3f} {seconds[precision]:8.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""TF32 arithmetic on a CPU: what a GPU's default float32 convolutions do to the network, reproduced bit for bit
+in the inputs (not part of the default test run; tested by tests/test_tf32_emulation.py).
+
+An NVIDIA GPU from Ampere on runs float32 convolutions (cuDNN's default) and, where
+torch.backends.cuda.matmul.allow_tf32 is set, matrix products in TF32: each operand is rounded to 10 mantissa bits
+(float32 keeps 23), the products are summed in float32. `tf32_model(model)` runs model(x, t) with the operands of
+every convolution, linear layer and matrix product rounded that way (round to nearest, ties to even), so a CPU can
+show whether this arithmetic, rather than the starting noise, moves a GPU's scores. Not emulated: the order of the
+float32 sums (as small as float32's own rounding) and scaled_dot_product_attention (the 7x7 bottleneck's attention,
+whose GPU kernel may or may not use TF32).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+DROPPED_BITS = 23 - 10  # float32 mantissa bits that TF32 does not keep
+ROUNDED_OPERATIONS = {"conv2d", "linear", "matmul", "__matmul__", "bmm"}
+
+
+def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
+    """float32 values rounded to TF32's 10 mantissa bits (nearest, ties to even); still stored as float32."""
+    if x.dtype != torch.float32:
+        raise TypeError(f"round_to_tf32 takes float32 tensors, got {x.dtype}")
+    bits = x.contiguous().view(torch.int32)
+    # add half of the dropped part (minus one unless the kept last bit is odd: ties go to the even neighbour), then drop it
+    bits = bits + ((1 << (DROPPED_BITS - 1)) - 1 + ((bits >> DROPPED_BITS) & 1))
+    return (bits & ~((1 << DROPPED_BITS) - 1)).view(torch.float32).view(x.shape)
+
+
+class TF32Operands(TorchFunctionMode):
+    """Within this mode, float32 operands of convolutions, linear layers and matrix products are rounded to TF32."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in ROUNDED_OPERATIONS:
+            # the two multiplied operands (input and weight, or both matrices); a bias is added in float32
+            args = tuple(round_to_tf32(a) if i < 2 and isinstance(a, torch.Tensor) and a.dtype == torch.float32 else a
+                         for i, a in enumerate(args))
+        return func(*args, **kwargs)
+
+
+def tf32_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """model(x, t) with its convolutions' and matrix products' operands rounded to TF32, as on a GPU by default."""
+    def model_in_tf32(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with TF32Operands():
+            return model(x, t)
+
+    return model_in_tf32
