@@ -6,6 +6,7 @@
     python tests/evaluate_quality.py --n 1000 --bf16 --samplers ddim:20 ddim_trailing:20 ddim_quadratic:20 ddim:50:0.5 ddim:50:1
     python tests/evaluate_quality.py --n 1000 --chunk 1000 --draws 10 --samplers ancestral:1000 ddim:50   # GPU, ~5 min
     python tests/evaluate_quality.py --n 1000 --seed 1000 --draws 4 --cpu-noise --samplers ddim:50   # the CPU draws' x_T, on a GPU
+    python tests/evaluate_quality.py --n 1000 --seed 1000 --draws 4 --cpu-noise --strict-float32 --samplers ddim:50   # ... without TF32
     python tests/evaluate_quality.py --n 1000 --seed 1000 --draws 4 --emulate-tf32 --samplers ddim:50   # a GPU's arithmetic, on the CPU
 
 Samplers, KIND:STEPS or ddim...:STEPS:ETA: ancestral (DDPM, sigma^2 = beta_tilde; respaced when STEPS < 1000),
@@ -20,6 +21,7 @@ FD moves by about 2, so one draw cannot tell two good samplers apart.
 then the same computation on both, up to the GPU's TF32 arithmetic).
 --emulate-tf32 rounds the operands of the network's convolutions and matrix products to TF32, as a GPU does by
 default (tests/tf32_emulation.py): on a CPU, with --seed and --chunk as a CPU run's, the same x_T in a GPU's arithmetic.
+--strict-float32 turns TF32 off on a GPU (cuDNN convolutions and matrix products in full float32).
 --compile runs the network through torch.compile(mode="reduce-overhead") (CUDA graphs on a GPU); its first
 sampler's time includes the compilation.
 
@@ -113,6 +115,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast")
     parser.add_argument("--emulate-tf32", action="store_true",
                         help="round the network's convolution and matrix-product operands to TF32 (a GPU's default arithmetic)")
+    parser.add_argument("--strict-float32", action="store_true", help="no TF32 on a GPU: convolutions and matrix products in full float32")
     parser.add_argument("--compile", action="store_true", help='torch.compile(mode="reduce-overhead") the network')
     parser.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] at every step")
     parser.add_argument("--cpu-noise", action="store_true",
@@ -123,13 +126,15 @@ def main() -> None:
         parser.error(f"--draws and --chunk must be at least 1 and --n at least 2, got {args.draws}, {args.chunk}, {args.n}")
     if -(-args.n // args.chunk) > DRAW_SEED_STRIDE:
         parser.error(f"at most {DRAW_SEED_STRIDE} chunks per draw (their seeds would reach the next draw's): raise --chunk")
-    if args.bf16 and args.emulate_tf32:
-        parser.error("--bf16 and --emulate-tf32 are two different arithmetics: choose one")
+    if args.bf16 + args.emulate_tf32 + args.strict_float32 > 1:
+        parser.error("--bf16, --emulate-tf32 and --strict-float32 are different arithmetics: choose one")
     try:
         samplers = [parse_sampler(spec) for spec in args.samplers]
     except ValueError as error:
         parser.error(str(error))
     device = torch.device(args.device)
+    if args.strict_float32:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     noise_device = torch.device("cpu") if args.cpu_noise else device
 
     model = notebook_classes("DDPM.ipynb")["Unet"](dim=CONFIG["dim"], dim_mults=tuple(CONFIG["dim_mults"]))

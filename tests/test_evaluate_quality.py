@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from evaluate_quality import parse_sampler
 
@@ -58,6 +59,17 @@ def test_tf32_emulation_moves_the_samples_a_little(tmp_path):
     assert plain["arithmetic"] == "float32" and emulated["arithmetic"] == "float32, TF32 operands (emulated)"
     fd, fd_tf32 = plain["results"]["ddim:3"]["classifier_fd"], emulated["results"]["ddim:3"]["classifier_fd"]
     assert fd_tf32 != fd and fd_tf32 == pytest.approx(fd, rel=0.2)  # the same x_T, rounded arithmetic
-    completed = subprocess.run([sys.executable, str(SCRIPT), "--bf16", "--emulate-tf32", "--output", str(tmp_path / "q.json")],
-                               capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 2 and "choose one" in completed.stderr
+    for pair in (["--bf16", "--emulate-tf32"], ["--emulate-tf32", "--strict-float32"], ["--bf16", "--strict-float32"]):
+        completed = subprocess.run([sys.executable, str(SCRIPT), *pair, "--output", str(tmp_path / "q.json")],
+                                   capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 2 and "choose one" in completed.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_strict_float32_turns_tf32_off_on_a_gpu(tmp_path):
+    output = tmp_path / "quality.json"
+    for flags, arithmetic in ((["--strict-float32"], "float32"), ([], "float32, TF32 convolutions")):
+        completed = subprocess.run([sys.executable, str(SCRIPT), "--device", "cuda", "--n", "8", "--samplers", "ddim:3", *flags,
+                                    "--output", str(output)], capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        assert json.loads(output.read_text())["arithmetic"] == arithmetic
