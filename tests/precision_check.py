@@ -1,6 +1,7 @@
 """How much the network's arithmetic moves a deterministic DDIM sample (not part of the default test run).
 
     python tests/precision_check.py --n 200 --seed 1000 --steps 50
+    python tests/precision_check.py --n 200 --seed 1000 --steps 50 --networks float32 float32_per_image
 
 DDIM with eta = 0 maps x_T to x_0 without drawing anything else, so two runs from the same x_T differ only by
 their arithmetic. This samples the same x_T (the first chunk of `evaluate_quality.py --seed S` on the CPU) with the
@@ -10,6 +11,9 @@ bfloat16 autocast (8 mantissa bits), the sampler's own update in float32 through
 prints for each: how far its images lie from float64's (mean and largest pixel difference, on the [-1, 1] scale),
 how many images move visibly (a pixel by more than 0.1), how many change their predicted class, and the time.
 Small differences mean the precision of a machine cannot explain a difference between its FDs and another's.
+`float32_per_image` calls the float32 network on one image at a time: it should give the batch's images up to
+float32's rounding (GroupNorm and attention work within each image), so the batch size cannot move a score either.
+--networks picks which to run; the first is the reference the others are compared with.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from evaluate_quality import CONFIG  # noqa: E402
 from notebook_code import notebook_classes  # noqa: E402
 from tf32_emulation import tf32_model  # noqa: E402
 
-PRECISIONS = ("float64", "float32", "tf32", "bfloat16")
+PRECISIONS = ("float64", "float32", "float32_per_image", "tf32", "bfloat16")
 VISIBLE = 0.1  # a pixel difference a reader could see in a grid (the [-1, 1] scale spans 2)
 
 
@@ -44,6 +48,8 @@ def network_in(model: torch.nn.Module, precision: str):
         return tf32_model(model)
     if precision == "float32":
         return model
+    if precision == "float32_per_image":
+        return lambda x, t: torch.cat([model(x[i:i + 1], t[i:i + 1]) for i in range(len(x))])
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
@@ -66,6 +72,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="images, all from one x_T batch")
     parser.add_argument("--seed", type=int, default=1000, help="the CPU generator's seed for x_T")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (eta = 0)")
+    parser.add_argument("--networks", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                        help="the arithmetics to compare; the first is the reference")
     parser.add_argument("--weights", default=str(hf.DATA_DIR / "ddpm_mnist_ema.pt"))
     args = parser.parse_args()
     if args.n < 1 or not 1 <= args.steps <= CONFIG["T"]:
@@ -76,17 +84,17 @@ def main() -> None:
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(CONFIG["T"]))
     classifier = hf.load_classifier()
     samples, seconds = {}, {}
-    for precision in PRECISIONS:
+    for precision in args.networks:
         generator = torch.Generator().manual_seed(args.seed)  # the same x_T for every precision
         start = time.perf_counter()
         samples[precision] = hf.ddim_sample(network_in(model, precision), schedule, (args.n, 1, 28, 28), args.steps,
                                             generator=generator, progress=False)
         seconds[precision] = time.perf_counter() - start
-    print(f"DDIM eta = 0, {args.steps} steps, {args.n} images from x_T of CPU seed {args.seed}; differences from the float64 network:")
-    print(f"{'network':<10s} {'mean |dx|':>10s} {'largest |dx|':>13s} {'moved > ' + str(VISIBLE):>12s} {'class changed':>14s} {'seconds':>8s}")
-    for precision in PRECISIONS:
-        figures = compare(samples[precision], samples["float64"], classifier)
-        print(f"{precision:<10s} {figures['mean_pixel_difference']:10.2e} {figures['largest_pixel_difference']:13.2e}"
+    print(f"DDIM eta = 0, {args.steps} steps, {args.n} images from x_T of CPU seed {args.seed}; differences from the {args.networks[0]} network:")
+    print(f"{'network':<18s} {'mean |dx|':>10s} {'largest |dx|':>13s} {'moved > ' + str(VISIBLE):>12s} {'class changed':>14s} {'seconds':>8s}")
+    for precision in args.networks:
+        figures = compare(samples[precision], samples[args.networks[0]], classifier)
+        print(f"{precision:<18s} {figures['mean_pixel_difference']:10.2e} {figures['largest_pixel_difference']:13.2e}"
               f" {figures['visibly_moved']:12.3f} {figures['class_changed']:14.3f} {seconds[precision]:8.1f}")
 
 
