@@ -7,9 +7,9 @@ DDIM with eta = 0 maps x_T to x_0 without drawing anything else, so two runs fro
 their arithmetic. This samples the same x_T (the first chunk of `evaluate_quality.py --seed S` on the CPU) with the
 shipped network in float64 (the reference), float32, TF32 (float32 with the operands of its convolutions and matrix
 products rounded to 10 mantissa bits, as a GPU computes convolutions by default: tests/tf32_emulation.py) and under
-bfloat16 autocast (8 mantissa bits), the sampler's own update in float32 throughout, and
-prints for each: how far its images lie from float64's (mean and largest pixel difference, on the [-1, 1] scale),
-how many images move visibly (a pixel by more than 0.1), how many change their predicted class, and the time.
+bfloat16 autocast (8 mantissa bits), the sampler's own update in float32 throughout, and prints for each: how
+far its images lie from the reference's (the first of --networks; mean and largest pixel difference, on the
+[-1, 1] scale), how many images move visibly (a pixel by more than 0.1), how many change their predicted class, and the time.
 Small differences mean the precision of a machine cannot explain a difference between its FDs and another's.
 `float32_per_image` calls the float32 network on one image at a time: it should give the batch's images up to
 float32's rounding (GroupNorm and attention work within each image), so the batch size cannot move a score either.
@@ -33,12 +33,12 @@ from evaluate_quality import CONFIG  # noqa: E402
 from notebook_code import notebook_classes  # noqa: E402
 from tf32_emulation import tf32_model  # noqa: E402
 
-PRECISIONS = ("float64", "float32", "float32_per_image", "tf32", "bfloat16")
+NETWORKS = ("float64", "float32", "float32_per_image", "tf32", "bfloat16")
 VISIBLE = 0.1  # a pixel difference a reader could see in a grid (the [-1, 1] scale spans 2)
 
 
 def network_in(model: torch.nn.Module, precision: str):
-    """model(x, t) with its arithmetic in `precision` (one of PRECISIONS), output in float32."""
+    """model(x, t) computed the way `precision` (one of NETWORKS) names, output in float32."""
     if precision == "float64":
         model64 = copy.deepcopy(model).double()
         return lambda x, t: model64(x.double(), t).float()
@@ -50,7 +50,7 @@ def network_in(model: torch.nn.Module, precision: str):
         return model
     if precision == "float32_per_image":
         return lambda x, t: torch.cat([model(x[i:i + 1], t[i:i + 1]) for i in range(len(x))])
-    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    raise ValueError(f"network must be one of {NETWORKS}, got {precision!r}")
 
 
 def compare(samples: torch.Tensor, reference: torch.Tensor, classifier: hf.MnistClassifier) -> dict[str, float]:
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="images, all from one x_T batch")
     parser.add_argument("--seed", type=int, default=1000, help="the CPU generator's seed for x_T")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps (eta = 0)")
-    parser.add_argument("--networks", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+    parser.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS),
                         help="the arithmetics to compare; the first is the reference")
     parser.add_argument("--weights", default=str(hf.DATA_DIR / "ddpm_mnist_ema.pt"))
     args = parser.parse_args()
