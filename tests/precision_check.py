@@ -37,28 +37,32 @@ NETWORKS = ("float64", "float32", "float32_per_image", "tf32", "bfloat16")
 VISIBLE = 0.1  # a pixel difference a reader could see in a grid (the [-1, 1] scale spans 2)
 
 
-def network_in(model: torch.nn.Module, precision: str):
-    """model(x, t) computed the way `precision` (one of NETWORKS) names, output in float32."""
-    if precision == "float64":
+def network_in(model: torch.nn.Module, name: str):
+    """model(x, t) computed the way `name` (one of NETWORKS) says, output in float32."""
+    if name == "float64":
         model64 = copy.deepcopy(model).double()
         return lambda x, t: model64(x.double(), t).float()
-    if precision == "bfloat16":
+    if name == "bfloat16":
         return hf.autocast_model(model, "cpu")
-    if precision == "tf32":
+    if name == "tf32":
         return tf32_model(model)
-    if precision == "float32":
+    if name == "float32":
         return model
-    if precision == "float32_per_image":
+    if name == "float32_per_image":
         return lambda x, t: torch.cat([model(x[i:i + 1], t[i:i + 1]) for i in range(len(x))])
-    raise ValueError(f"network must be one of {NETWORKS}, got {precision!r}")
+    raise ValueError(f"network must be one of {NETWORKS}, got {name!r}")
 
 
-def compare(samples: torch.Tensor, reference: torch.Tensor, classifier: hf.MnistClassifier) -> dict[str, float]:
+@torch.inference_mode()
+def predicted_classes(samples: torch.Tensor, classifier: hf.MnistClassifier) -> torch.Tensor:
+    """The classifier's digit for each sample in [-1, 1]."""
+    return classifier(hf.to_unit_range(samples, (-1, 1))).argmax(1)
+
+
+def compare(samples: torch.Tensor, classes: torch.Tensor, reference: torch.Tensor, reference_classes: torch.Tensor
+            ) -> dict[str, float]:
     """Pixel and class differences of samples from the reference samples (same x_T, same order)."""
     difference = (samples - reference).abs().flatten(1)
-    with torch.inference_mode():
-        classes = classifier(hf.to_unit_range(samples, (-1, 1))).argmax(1)
-        reference_classes = classifier(hf.to_unit_range(reference, (-1, 1))).argmax(1)
     return {
         "mean_pixel_difference": difference.mean().item(),
         "largest_pixel_difference": difference.max().item(),
@@ -83,19 +87,21 @@ def main() -> None:
     model = hf.load_weights(model, args.weights, CONFIG).eval()
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(CONFIG["T"]))
     classifier = hf.load_classifier()
-    samples, seconds = {}, {}
-    for precision in args.networks:
-        generator = torch.Generator().manual_seed(args.seed)  # the same x_T for every precision
+    samples, classes, seconds = {}, {}, {}
+    for name in args.networks:
+        generator = torch.Generator().manual_seed(args.seed)  # the same x_T for every network
         start = time.perf_counter()
-        samples[precision] = hf.ddim_sample(network_in(model, precision), schedule, (args.n, 1, 28, 28), args.steps,
-                                            generator=generator, progress=False)
-        seconds[precision] = time.perf_counter() - start
-    print(f"DDIM eta = 0, {args.steps} steps, {args.n} images from x_T of CPU seed {args.seed}; differences from the {args.networks[0]} network:")
+        samples[name] = hf.ddim_sample(network_in(model, name), schedule, (args.n, 1, 28, 28), args.steps,
+                                       generator=generator, progress=False)
+        seconds[name] = time.perf_counter() - start
+        classes[name] = predicted_classes(samples[name], classifier)
+    reference = args.networks[0]
+    print(f"DDIM eta = 0, {args.steps} steps, {args.n} images from x_T of CPU seed {args.seed}; differences from the {reference} network:")
     print(f"{'network':<18s} {'mean |dx|':>10s} {'largest |dx|':>13s} {'moved > ' + str(VISIBLE):>12s} {'class changed':>14s} {'seconds':>8s}")
-    for precision in args.networks:
-        figures = compare(samples[precision], samples[args.networks[0]], classifier)
-        print(f"{precision:<18s} {figures['mean_pixel_difference']:10.2e} {figures['largest_pixel_difference']:13.2e}"
-              f" {figures['visibly_moved']:12.3f} {figures['class_changed']:14.3f} {seconds[precision]:8.1f}")
+    for name in args.networks:
+        figures = compare(samples[name], classes[name], samples[reference], classes[reference])
+        print(f"{name:<18s} {figures['mean_pixel_difference']:10.2e} {figures['largest_pixel_difference']:13.2e}"
+              f" {figures['visibly_moved']:12.3f} {figures['class_changed']:14.3f} {seconds[name]:8.1f}")
 
 
 if __name__ == "__main__":
