@@ -25,7 +25,9 @@ default (tests/tf32_emulation.py): on a CPU, with --seed and --chunk as a CPU ru
 --compile runs the network through torch.compile(mode="reduce-overhead") (CUDA graphs on a GPU); its first
 sampler's time includes the compilation.
 
-Prints one line per sampler next to the real-digit floor and the noise ceiling at the same n, and writes JSON.
+Prints one line per sampler next to the real-digit floor and the noise ceiling at the same n, and writes JSON
+(the settings and every draw); tests/pool_draws.py pools the draws of several such files, e.g. of a GPU run split
+into calls that each fit a time limit.
 """
 
 from __future__ import annotations
@@ -87,6 +89,22 @@ def arithmetic_label(device: torch.device, bf16: bool, emulate_tf32: bool) -> st
     in_tf32 = [name for name, allowed in (("convolutions", torch.backends.cudnn.allow_tf32),
                                           ("matrix products", torch.backends.cuda.matmul.allow_tf32)) if allowed]
     return f"float32, TF32 {' and '.join(in_tf32)}" if device.type == "cuda" and in_tf32 else "float32"
+
+
+def summary_lines(summaries: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """One line per sampler: mean FD over the draws with its standard error and sd, copies, seconds per draw, and
+    (after the first) the ratio of its mean FD to the first sampler's. summaries: spec -> figure -> summarise_draws."""
+    first = next(iter(summaries))
+    lines = []
+    for spec, summary in summaries.items():
+        fd, copies = summary["classifier_fd"], summary["copy_fraction"]
+        line = (f"  {spec:<20s} FD {fd['mean']:6.2f} ± {fd['sem']:.2f} (sd {fd['sd']:.2f})   copies {copies['mean']:.3f} ± {copies['sem']:.3f}"
+                f"   {summary['seconds']['mean']:7.1f} s per draw")
+        if spec != first:
+            ratio, error = hf.ratio_of_means(fd, summaries[first]["classifier_fd"])
+            line += f"   FD {ratio:.2f} ± {error:.2f} times {first}'s"
+        lines.append(line)
+    return lines
 
 
 def parse_sampler(spec: str) -> tuple[str, str, int, float]:
@@ -171,17 +189,11 @@ def main() -> None:
         results[spec] = draws[0] if args.draws == 1 else {"draws": draws, "summary": summaries[spec]}
     print(hf.format_quality("uniform noise (ceiling)", results["noise"]))
     if args.draws > 1:
-        first = samplers[0][0]
         print(f"over {args.draws} draws (mean ± standard error; sd between draws):")
-        for spec, summary in summaries.items():
-            fd, copies = summary["classifier_fd"], summary["copy_fraction"]
-            line = (f"  {spec:<20s} FD {fd['mean']:6.2f} ± {fd['sem']:.2f} (sd {fd['sd']:.2f})   copies {copies['mean']:.3f} ± {copies['sem']:.3f}"
-                    f"   {summary['seconds']['mean']:7.1f} s per draw")
-            if spec != first:
-                ratio, error = hf.ratio_of_means(fd, summaries[first]["classifier_fd"])
-                line += f"   FD {ratio:.2f} ± {error:.2f} times {first}'s"
-            print(line)
-    Path(args.output).write_text(json.dumps({"device": str(device), "arithmetic": arithmetic, "n": args.n, "draws": args.draws, "results": results}, indent=2))
+        print("\n".join(summary_lines(summaries)))
+    settings = {"device": str(device), "arithmetic": arithmetic, "n": args.n, "draws": args.draws, "weights": Path(args.weights).name,
+                "chunk": args.chunk, "noise_device": str(noise_device), "clip": args.clip, "compile": args.compile}
+    Path(args.output).write_text(json.dumps({**settings, "results": results}, indent=2))
     print(f"wrote {args.output}")
 
 

@@ -33,6 +33,13 @@ def test_draws_are_seeded_scored_and_summarised(tmp_path):
         assert summary["classifier_fd"]["mean"] == pytest.approx(sum(fds) / 2)
         assert summary["classifier_fd"]["sd"] == pytest.approx(abs(fds[0] - fds[1]) / math.sqrt(2))
     assert "times ddim:2's" in result["printed"]
+    assert (result["chunk"], result["noise_device"], result["weights"]) == (8, "cpu", "ddpm_mnist_ema.pt")
+    # pool_draws reads the file back and, for one file, prints the run's own summary and the pairing of its seeds
+    pooled = subprocess.run([sys.executable, str(SCRIPT.parent / "pool_draws.py"), str(tmp_path / "quality.json")],
+                            capture_output=True, text=True, timeout=300)
+    assert pooled.returncode == 0, pooled.stderr[-2000:]
+    assert result["printed"].split("sd between draws):\n")[1].split("\nwrote")[0] in pooled.stdout
+    assert "ddim:2:1 against ddim:2, paired over 2 seeds" in pooled.stdout
     # one draw of the same seed is the first draw of the two, in the old one-draw format
     single = run_script(tmp_path, "--n", "12", "--chunk", "8", "--seed", "5", "--cpu-noise", "--samplers", "ddim:2")
     assert single["results"]["ddim:2"]["classifier_fd"] == pytest.approx(result["results"]["ddim:2"]["draws"][0]["classifier_fd"])
