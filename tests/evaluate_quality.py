@@ -21,6 +21,9 @@ FD moves by about 2, so one draw cannot tell two good samplers apart.
 then the same computation on both, up to the GPU's TF32 arithmetic).
 --emulate-tf32 rounds the operands of the network's convolutions and matrix products to TF32, as a GPU does by
 default (tests/tf32_emulation.py): on a CPU, with --seed and --chunk as a CPU run's, the same x_T in a GPU's arithmetic.
+--eps-scale S multiplies the network's eps prediction by S at every call of every sampler (S < 1 is the "epsilon
+scaling" of Ning et al. 2024, eps / lambda with lambda > 1, against exposure bias; S slightly > 1 is the direction in
+which bfloat16 autocast moves the norm of eps here, by about 0.1%).
 --strict-float32 turns TF32 off on a GPU (cuDNN convolutions and matrix products in full float32).
 --compile runs the network through torch.compile(mode="reduce-overhead") (CUDA graphs on a GPU); its first
 sampler's time includes the compilation.
@@ -91,6 +94,14 @@ def arithmetic_label(device: torch.device, bf16: bool, emulate_tf32: bool) -> st
     return f"float32, TF32 {' and '.join(in_tf32)}" if device.type == "cuda" and in_tf32 else "float32"
 
 
+def scaled_eps_model(model, scale: float):
+    """model(x, t) * scale: every sampler then steps with a slightly longer (scale > 1) or shorter eps."""
+    def scaled(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x, t) * scale
+
+    return scaled
+
+
 def summary_lines(summaries: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     """One line per sampler: mean FD over the draws with its standard error and sd, copies, seconds per draw, and
     (after the first) the ratio of its mean FD to the first sampler's. summaries: spec -> figure -> summarise_draws."""
@@ -133,6 +144,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast")
     parser.add_argument("--emulate-tf32", action="store_true",
                         help="round the network's convolution and matrix-product operands to TF32 (a GPU's default arithmetic)")
+    parser.add_argument("--eps-scale", type=float, default=1.0, help="multiply the eps prediction by this at every call")
     parser.add_argument("--strict-float32", action="store_true", help="no TF32 on a GPU: convolutions and matrix products in full float32")
     parser.add_argument("--compile", action="store_true", help='torch.compile(mode="reduce-overhead") the network')
     parser.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] at every step")
@@ -144,6 +156,8 @@ def main() -> None:
         parser.error(f"--draws and --chunk must be at least 1 and --n at least 2, got {args.draws}, {args.chunk}, {args.n}")
     if -(-args.n // args.chunk) > DRAW_SEED_STRIDE:
         parser.error(f"at most {DRAW_SEED_STRIDE} chunks per draw (their seeds would reach the next draw's): raise --chunk")
+    if not 0.5 <= args.eps_scale <= 2:
+        parser.error(f"--eps-scale must lie in 0.5 ... 2 (it is a small correction, about 1 +- 0.01), got {args.eps_scale}")
     if args.bf16 + args.emulate_tf32 + args.strict_float32 > 1:
         parser.error("--bf16, --emulate-tf32 and --strict-float32 are different arithmetics: choose one")
     try:
@@ -163,12 +177,15 @@ def main() -> None:
         model = hf.autocast_model(model, device.type)
     if args.emulate_tf32:
         model = tf32_model(model)
+    if args.eps_scale != 1:
+        model = scaled_eps_model(model, args.eps_scale)
     arithmetic = arithmetic_label(device, args.bf16, args.emulate_tf32)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(CONFIG["T"])).to(device)
     images, labels = hf.load_mnist_subset()
     reference = hf.QualityReference(hf.load_classifier(), images, labels)
     results = hf.reference_scores(reference, args.n, seed=args.seed)
     print(f"{device} | weights {Path(args.weights).name} | n = {args.n} | {arithmetic} | compile {args.compile} | clip {args.clip}"
+          f"{f' | eps x {args.eps_scale}' if args.eps_scale != 1 else ''}"
           f" | noise drawn on {noise_device}", flush=True)
     print(hf.format_quality("real digits (floor)", results["real"]))
     summaries = {}
@@ -192,7 +209,8 @@ def main() -> None:
         print(f"over {args.draws} draws (mean ± standard error; sd between draws):")
         print("\n".join(summary_lines(summaries)))
     settings = {"device": str(device), "arithmetic": arithmetic, "n": args.n, "draws": args.draws, "weights": Path(args.weights).name,
-                "chunk": args.chunk, "noise_device": str(noise_device), "clip": args.clip, "compile": args.compile}
+                "chunk": args.chunk, "noise_device": str(noise_device), "clip": args.clip, "compile": args.compile,
+                "eps_scale": args.eps_scale}
     Path(args.output).write_text(json.dumps({**settings, "results": results}, indent=2))
     print(f"wrote {args.output}")
 

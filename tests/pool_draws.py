@@ -8,7 +8,7 @@ standard error and sd, its near-copies, its seconds per draw, and the ratio of e
 sampler in the files, or --baseline). Where another sampler started from the same seeds as the baseline (the same
 x_T), it also prints their paired difference and a bootstrap 95% interval for the ratio of the means that resamples seeds, each pair kept together.
 
-The files must agree on n, the weights, the arithmetic and clipping (otherwise they measure different things); a
+The files must agree on n, the weights, the arithmetic, clipping and --eps-scale (otherwise they measure different things); a
 seed that appears twice for one sampler would count one draw twice and is refused.
 """
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import helper_functions as hf  # noqa: E402
 from evaluate_quality import summary_lines  # noqa: E402
 
-MUST_AGREE = ("n", "weights", "arithmetic", "clip")  # settings that change what a draw measures
+MUST_AGREE = ("n", "weights", "arithmetic", "clip", "eps_scale")  # settings that change what a draw measures
 REFERENCE_ROWS = ("real", "noise")
 
 

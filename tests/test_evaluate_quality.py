@@ -72,6 +72,16 @@ def test_tf32_emulation_moves_the_samples_a_little(tmp_path):
         assert completed.returncode == 2 and "choose one" in completed.stderr
 
 
+def test_eps_scale_changes_the_path_and_is_recorded(tmp_path):
+    plain = run_script(tmp_path, "--n", "8", "--seed", "3", "--samplers", "ddim:3")
+    scaled = run_script(tmp_path, "--n", "8", "--seed", "3", "--eps-scale", "1.05", "--samplers", "ddim:3")
+    assert (plain["eps_scale"], scaled["eps_scale"]) == (1.0, 1.05) and "eps x 1.05" in scaled["printed"]
+    assert scaled["results"]["ddim:3"]["classifier_fd"] != pytest.approx(plain["results"]["ddim:3"]["classifier_fd"])
+    completed = subprocess.run([sys.executable, str(SCRIPT), "--eps-scale", "0", "--output", str(tmp_path / "q.json")],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2 and "--eps-scale must lie in" in completed.stderr
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_strict_float32_turns_tf32_off_on_a_gpu(tmp_path):
     output = tmp_path / "quality.json"
