@@ -36,6 +36,11 @@ def draw_key(draw: dict, settings: dict) -> tuple:
     return draw["seed"], settings.get("chunk"), settings.get("noise_device")
 
 
+def same_start(key: tuple, other: tuple) -> bool:
+    """Whether two draw keys may be the same x_T: equal seeds, and chunk and noise device equal or unrecorded."""
+    return key[0] == other[0] and all(a is None or b is None or a == b for a, b in zip(key[1:], other[1:]))
+
+
 def load_runs(paths: list[Path]) -> tuple[dict, list[dict], dict[str, list[tuple[tuple, dict]]]]:
     """Read evaluate_quality JSON files -> (the settings they share, each file's real-digit floor, and for each
     sampler in first-seen order its draws as (key, draw)). ValueError naming the file when they cannot be pooled."""
@@ -63,7 +68,7 @@ def load_runs(paths: list[Path]) -> tuple[dict, list[dict], dict[str, list[tuple
                 if "seed" not in draw:
                     raise ValueError(f"{path}: a draw of {spec} records no seed, so repeats cannot be ruled out")
                 key = draw_key(draw, run)
-                if any(key == seen for seen, _ in draws.get(spec, [])):
+                if any(same_start(key, seen) for seen, _ in draws.get(spec, [])):
                     raise ValueError(f"{path}: {spec} seed {draw['seed']} appears twice among the files "
                                      "(the same starting noise would count as two draws)")
                 draws.setdefault(spec, []).append((key, draw))

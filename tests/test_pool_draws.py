@@ -58,6 +58,13 @@ def test_what_cannot_be_pooled_is_refused(tmp_path):
     other_arithmetic = write_run(tmp_path / "c.json", {"ddim:50": [5.0]}, [5000], arithmetic="bfloat16 autocast")
     with pytest.raises(ValueError, match="seed 1000 appears twice"):
         load_runs([first, repeat])
+    older = tmp_path / "d.json"  # a file from before chunk and noise device were recorded: the same seed may be the same x_T
+    older.write_text(json.dumps({key: value for key, value in json.loads(repeat.read_text()).items() if key not in ("chunk", "noise_device")}))
+    with pytest.raises(ValueError, match="seed 1000 appears twice"):
+        load_runs([first, older])
+    other_noise = tmp_path / "e.json"  # the same seed on another device's generator is other noise
+    other_noise.write_text(json.dumps({**json.loads(repeat.read_text()), "noise_device": "cuda"}))
+    assert len(load_runs([first, other_noise])[2]["ddim:50"]) == 3
     with pytest.raises(ValueError, match="arithmetic"):
         load_runs([first, other_arithmetic])
     for arguments, message in (([str(first), str(repeat)], "appears twice"), ([str(first), "--baseline", "ddim:20"], "not among"),
