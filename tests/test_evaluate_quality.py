@@ -60,8 +60,13 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path):
     assert completed.returncode == 2 and "--draws" in completed.stderr and not (tmp_path / "q.json").exists()
 
 
-def test_tf32_emulation_moves_the_samples_a_little(tmp_path):
-    plain = run_script(tmp_path, "--n", "8", "--seed", "3", "--samplers", "ddim:3")
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> dict:
+    """One tiny float32 draw that the arithmetic and eps-scale variants below are compared with."""
+    return run_script(tmp_path_factory.mktemp("plain"), "--n", "8", "--seed", "3", "--samplers", "ddim:3")
+
+
+def test_tf32_emulation_moves_the_samples_a_little(tmp_path, plain):
     emulated = run_script(tmp_path, "--n", "8", "--seed", "3", "--emulate-tf32", "--samplers", "ddim:3")
     assert plain["arithmetic"] == "float32" and emulated["arithmetic"] == "float32, TF32 operands (emulated)"
     fd, fd_tf32 = plain["results"]["ddim:3"]["classifier_fd"], emulated["results"]["ddim:3"]["classifier_fd"]
@@ -72,8 +77,7 @@ def test_tf32_emulation_moves_the_samples_a_little(tmp_path):
         assert completed.returncode == 2 and "choose one" in completed.stderr
 
 
-def test_eps_scale_changes_the_path_and_is_recorded(tmp_path):
-    plain = run_script(tmp_path, "--n", "8", "--seed", "3", "--samplers", "ddim:3")
+def test_eps_scale_changes_the_path_and_is_recorded(tmp_path, plain):
     scaled = run_script(tmp_path, "--n", "8", "--seed", "3", "--eps-scale", "1.05", "--samplers", "ddim:3")
     assert (plain["eps_scale"], scaled["eps_scale"]) == (1.0, 1.05) and "eps x 1.05" in scaled["printed"]
     assert scaled["results"]["ddim:3"]["classifier_fd"] != pytest.approx(plain["results"]["ddim:3"]["classifier_fd"])
