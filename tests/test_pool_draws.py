@@ -1,15 +1,13 @@
 """Pooling the draws of several evaluate_quality.py files: means over all draws, pairing by seed, refusals."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import pool_draws
 from pool_draws import load_runs, paired_ratio_interval
-
-SCRIPT = Path(__file__).resolve().parent / "pool_draws.py"
 FLOOR = {"classifier_fd": 5.0, "confidence": 0.97, "class_spread": 0.999, "copy_fraction": 0.05, "n": 4, "draws": 10,
          "classifier_fd_sd": 1.0}
 
@@ -26,22 +24,30 @@ def write_run(path: Path, fds: dict[str, list[float]], seeds: list[int], arithme
     return path
 
 
-def pool(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, timeout=120)
+def pool(monkeypatch, capsys, *arguments: str) -> tuple[int, str, str]:
+    """Run the script's main() in this process (no second torch import): exit status, stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", ["pool_draws.py", *arguments])
+    try:
+        pool_draws.main()
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    printed = capsys.readouterr()
+    return status, printed.out, printed.err
 
 
-def test_two_files_pool_into_one_summary_with_paired_seeds(tmp_path):
+def test_two_files_pool_into_one_summary_with_paired_seeds(tmp_path, monkeypatch, capsys):
     first = write_run(tmp_path / "a.json", {"ancestral:1000": [4.0, 6.0], "ddim:50": [6.0, 9.0]}, [0, 1000])
     second = write_run(tmp_path / "b.json", {"ancestral:1000": [5.0, 5.0], "ddim:50": [8.0, 7.0]}, [2000, 3000])
     shared, floors, draws = load_runs([first, second])
     assert shared == {"n": 4, "weights": "w.pt", "arithmetic": "float32", "clip": False} and len(floors) == 2
     assert [key[0] for key, _ in draws["ddim:50"]] == [0, 1000, 2000, 3000]
-    completed = pool(str(first), str(second), "--baseline", "ancestral:1000")
-    assert completed.returncode == 0, completed.stderr
+    status, printed, errors = pool(monkeypatch, capsys, str(first), str(second), "--baseline", "ancestral:1000")
+    assert status == 0, errors
     # means 5.0 and 7.5 over four draws each: ratio 1.5; differences 2, 3, 3, 2
-    assert "ancestral:1000: 4 draws, ddim:50: 4 draws" in completed.stdout
-    assert "FD   7.50 ± 0.65" in completed.stdout and "FD 1.50 ±" in completed.stdout
-    assert "paired over 4 seeds: FD difference +2.50 ± 0.29 (t = 8.7)" in completed.stdout
+    assert "ancestral:1000: 4 draws, ddim:50: 4 draws" in printed
+    assert "FD   7.50 ± 0.65" in printed and "FD 1.50 ±" in printed
+    assert "paired over 4 seeds: FD difference +2.50 ± 0.29 (t = 8.7)" in printed
 
 
 def test_bootstrap_interval_of_a_ratio():
@@ -52,7 +58,7 @@ def test_bootstrap_interval_of_a_ratio():
         paired_ratio_interval([1.0], [1.0])
 
 
-def test_what_cannot_be_pooled_is_refused(tmp_path):
+def test_what_cannot_be_pooled_is_refused(tmp_path, monkeypatch, capsys):
     first = write_run(tmp_path / "a.json", {"ddim:50": [6.0, 9.0]}, [0, 1000])
     repeat = write_run(tmp_path / "b.json", {"ddim:50": [6.5]}, [1000])
     other_arithmetic = write_run(tmp_path / "c.json", {"ddim:50": [5.0]}, [5000], arithmetic="bfloat16 autocast")
@@ -69,5 +75,5 @@ def test_what_cannot_be_pooled_is_refused(tmp_path):
         load_runs([first, other_arithmetic])
     for arguments, message in (([str(first), str(repeat)], "appears twice"), ([str(first), "--baseline", "ddim:20"], "not among"),
                                ([str(tmp_path / "missing.json")], "No such file")):
-        completed = pool(*arguments)
-        assert completed.returncode == 2 and message in completed.stderr
+        status, _, errors = pool(monkeypatch, capsys, *arguments)
+        assert status == 2 and message in errors
