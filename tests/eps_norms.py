@@ -32,25 +32,21 @@ def mean_norm(x: torch.Tensor) -> float:
 @torch.inference_mode()
 def eps_norms_along_ddim(model, schedule: hf.NoiseSchedule, real_x0: torch.Tensor, steps: int, seed: int) -> list[dict]:
     """One row per DDIM timestep tau (from T-1 down): eps norms on the path's x_t, on noised real digits, of the true
-    noise, and bfloat16's norm / float32's on the path. The path itself is float32 DDIM with eta = 0 (eq. 12)."""
+    noise, and bfloat16's norm / float32's on the path. The path is hf.ddim_sample's (float32, eta = 0), which draws
+    x_T from the seeded generator; each step's noise for the real digits comes from the same generator after it."""
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(real_x0.shape, generator=generator)
     bf16_model = hf.autocast_model(model, "cpu")
-    alphas_cumprod = schedule.alphas_cumprod
-    taus = hf.spaced_timesteps(schedule.timesteps, steps).flip(0).tolist()
     rows = []
-    for i, t in enumerate(taus):
-        abar_t = alphas_cumprod[t]
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long)
-        eps = model(x, t_batch)
+
+    def measured_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = model(x, t)
         noise = torch.randn(real_x0.shape, generator=generator)
-        # x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps   (eq. 4): the inputs the network was trained on
-        eps_on_real = model(abar_t.sqrt() * real_x0 + (1 - abar_t).sqrt() * noise, t_batch)
-        rows.append({"t": t, "path": mean_norm(eps), "real": mean_norm(eps_on_real), "noise": mean_norm(noise),
-                     "bf16_over_fp32": (bf16_model(x, t_batch).flatten(1).norm(dim=1) / eps.flatten(1).norm(dim=1)).mean().item()})
-        abar_prev = alphas_cumprod[taus[i + 1]] if i + 1 < len(taus) else torch.ones(())
-        x0_hat = (x - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
-        x = abar_prev.sqrt() * x0_hat + (1 - abar_prev).sqrt() * eps
+        eps_on_real = model(hf.q_sample(real_x0, t, schedule, noise), t)  # the inputs the network was trained on
+        rows.append({"t": int(t[0]), "path": mean_norm(eps), "real": mean_norm(eps_on_real), "noise": mean_norm(noise),
+                     "bf16_over_fp32": (bf16_model(x, t).flatten(1).norm(dim=1) / eps.flatten(1).norm(dim=1)).mean().item()})
+        return eps
+
+    hf.ddim_sample(measured_model, schedule, real_x0.shape, steps, generator=generator, progress=False)
     return rows
 
 
