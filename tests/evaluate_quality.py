@@ -24,6 +24,12 @@ default (tests/tf32_emulation.py): on a CPU, with --seed and --chunk as a CPU ru
 --eps-scale S multiplies the network's eps prediction by S at every call of every sampler (S < 1 is the "epsilon
 scaling" of Ning et al. 2024, eps / lambda with lambda > 1, against exposure bias; S slightly > 1 is the direction in
 which bfloat16 autocast moves the norm of eps here, by about 0.1%).
+--bf16-weights rounds every weight to bfloat16 (8 significant bits) once and computes in float32: the part of
+bfloat16 autocast that is a fixed change of the network rather than rounding at every operation.
+--perturb-weights S is a control for --bf16-weights: every weight moved by a random amount of the same size as
+bfloat16's rounding (uniform within half a bfloat16 step either side), from generator seed S, in float32.
+--bf16-activations is the other part: float32 weights, but the activations that autocast multiplies in bfloat16
+(inputs of convolutions and linear layers, factors of matrix products, attention's q, k, v) rounded to bfloat16.
 --strict-float32 turns TF32 off on a GPU (cuDNN convolutions and matrix products in full float32).
 --compile runs the network through torch.compile(mode="reduce-overhead") (CUDA graphs on a GPU); its first
 sampler's time includes the compilation.
@@ -36,6 +42,7 @@ into calls that each fit a time limit.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import sys
@@ -48,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import helper_functions as hf  # noqa: E402
 from notebook_code import notebook_classes  # noqa: E402
-from tf32_emulation import tf32_model  # noqa: E402
+from tf32_emulation import bfloat16_activations_model, tf32_model  # noqa: E402
 
 SAMPLER_KINDS = ("ancestral", "ancestral_beta", "ddim", "ddim_trailing", "ddim_quadratic")
 DRAW_SEED_STRIDE = 1000  # draw k starts from seed + 1000 k; its chunk i from that + i (no two chunks share a seed)
@@ -83,15 +90,44 @@ def sample(model, schedule, kind: str, steps: int, eta: float, n: int, device: t
     raise ValueError(f"unknown sampler {kind!r}: see --help")
 
 
-def arithmetic_label(device: torch.device, bf16: bool, emulate_tf32: bool) -> str:
+def arithmetic_label(device: torch.device, bf16: bool, emulate_tf32: bool, bf16_weights: bool = False,
+                     bf16_activations: bool = False, perturb_seed: int | None = None) -> str:
     """The network's arithmetic in words, for the printout and the JSON (a GPU's float32 is partly TF32 by default)."""
     if bf16:
         return "bfloat16 autocast"
+    if bf16_weights:
+        return "float32, weights rounded to bfloat16"
+    if bf16_activations:
+        return "float32, activations rounded to bfloat16"
+    if perturb_seed is not None:
+        return f"float32, weights perturbed by bfloat16-sized random errors (seed {perturb_seed})"
     if emulate_tf32:
         return "float32, TF32 operands (emulated)"
     in_tf32 = [name for name, allowed in (("convolutions", torch.backends.cudnn.allow_tf32),
                                           ("matrix products", torch.backends.cuda.matmul.allow_tf32)) if allowed]
     return f"float32, TF32 {' and '.join(in_tf32)}" if device.type == "cuda" and in_tf32 else "float32"
+
+
+def bfloat16_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the model whose weights are rounded to bfloat16 (nearest) and stored again as float32."""
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in rounded.parameters():
+            parameter.copy_(parameter.bfloat16().float())
+    return rounded
+
+
+def perturbed_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy of the model with each weight w moved to w + (u - 1/2) * step(w), u uniform in [0, 1) from `seed`, where
+    step(w) is bfloat16's spacing at w (2^(floor(log2 |w|) - 7)): errors the size of bfloat16 rounding, but random."""
+    perturbed = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in perturbed.parameters():
+            step = torch.exp2(torch.floor(torch.log2(parameter.abs().clamp(min=torch.finfo(torch.float32).tiny))) - 7)
+            u = torch.rand(parameter.shape, generator=generator).to(parameter.device)
+            parameter.add_((u - 0.5) * step)
+    return perturbed
 
 
 def scaled_eps_model(model, scale: float):
@@ -145,6 +181,11 @@ def main() -> None:
     parser.add_argument("--emulate-tf32", action="store_true",
                         help="round the network's convolution and matrix-product operands to TF32 (a GPU's default arithmetic)")
     parser.add_argument("--eps-scale", type=float, default=1.0, help="multiply the eps prediction by this at every call")
+    parser.add_argument("--bf16-weights", action="store_true", help="round the weights to bfloat16, compute in float32")
+    parser.add_argument("--perturb-weights", type=int, default=None, metavar="SEED",
+                        help="move each weight by a random error of bfloat16's rounding size (a control for --bf16-weights)")
+    parser.add_argument("--bf16-activations", action="store_true",
+                        help="round the activations autocast would multiply in bfloat16, weights in float32")
     parser.add_argument("--strict-float32", action="store_true", help="no TF32 on a GPU: convolutions and matrix products in full float32")
     parser.add_argument("--compile", action="store_true", help='torch.compile(mode="reduce-overhead") the network')
     parser.add_argument("--clip", action="store_true", help="clip the predicted x0 to [-1, 1] at every step")
@@ -158,8 +199,8 @@ def main() -> None:
         parser.error(f"at most {DRAW_SEED_STRIDE} chunks per draw (their seeds would reach the next draw's): raise --chunk")
     if not 0.5 <= args.eps_scale <= 2:
         parser.error(f"--eps-scale must lie in 0.5 ... 2 (it is a small correction, about 1 +- 0.01), got {args.eps_scale}")
-    if args.bf16 + args.emulate_tf32 + args.strict_float32 > 1:
-        parser.error("--bf16, --emulate-tf32 and --strict-float32 are different arithmetics: choose one")
+    if args.bf16 + args.emulate_tf32 + args.strict_float32 + args.bf16_weights + args.bf16_activations + (args.perturb_weights is not None) > 1:
+        parser.error("--bf16, --bf16-weights, --perturb-weights, --bf16-activations, --emulate-tf32 and --strict-float32 are different arithmetics: choose one")
     try:
         samplers = [parse_sampler(spec) for spec in args.samplers]
     except ValueError as error:
@@ -171,15 +212,22 @@ def main() -> None:
 
     model = notebook_classes("DDPM.ipynb")["Unet"](dim=CONFIG["dim"], dim_mults=tuple(CONFIG["dim_mults"]))
     model = hf.load_weights(model, args.weights, CONFIG).to(device).eval()
+    if args.bf16_weights:
+        model = bfloat16_weights(model)
+    if args.perturb_weights is not None:
+        model = perturbed_weights(model, args.perturb_weights)
     if args.compile:
         model = torch.compile(model, mode="reduce-overhead")
     if args.bf16:
         model = hf.autocast_model(model, device.type)
     if args.emulate_tf32:
         model = tf32_model(model)
+    if args.bf16_activations:
+        model = bfloat16_activations_model(model)
     if args.eps_scale != 1:
         model = scaled_eps_model(model, args.eps_scale)
-    arithmetic = arithmetic_label(device, args.bf16, args.emulate_tf32)
+    arithmetic = arithmetic_label(device, args.bf16, args.emulate_tf32, args.bf16_weights, args.bf16_activations,
+                                  args.perturb_weights)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(CONFIG["T"])).to(device)
     images, labels = hf.load_mnist_subset()
     reference = hf.QualityReference(hf.load_classifier(), images, labels)

@@ -29,12 +29,35 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import helper_functions as hf  # noqa: E402
-from evaluate_quality import CONFIG  # noqa: E402
+from evaluate_quality import CONFIG, bfloat16_weights  # noqa: E402
 from notebook_code import notebook_classes  # noqa: E402
-from tf32_emulation import tf32_model  # noqa: E402
+from tf32_emulation import bfloat16_activations_model, tf32_model  # noqa: E402
 
-NETWORKS = ("float64", "float32", "float32_per_image", "tf32", "bfloat16")
+NETWORKS = ("float64", "float32", "float32_per_image", "tf32", "bfloat16", "bfloat16_weights", "bfloat16_activations", "bfloat16_input",
+            "bfloat16_time_only", "bfloat16_but_time")
 VISIBLE = 0.1  # a pixel difference a reader could see in a grid (the [-1, 1] scale spans 2)
+
+
+class AutocastRegion(torch.nn.Module):
+    """`inner` run with bfloat16 autocast switched on (or off) whatever the surrounding region says; output in float32."""
+
+    def __init__(self, inner: torch.nn.Module, enabled: bool):
+        super().__init__()
+        self.inner, self.enabled = inner, enabled
+
+    def forward(self, *args):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.enabled):
+            return self.inner(*args).float()
+
+
+def time_mlps_in(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """A copy of the U-Net whose time-embedding MLPs (the shared one and each ResNet block's scale/shift layer) run
+    with bfloat16 autocast `enabled`."""
+    model = copy.deepcopy(model)
+    owners = [model] + [m for m in model.modules() if m is not model and isinstance(getattr(m, "time_mlp", None), torch.nn.Module)]
+    for owner in owners:
+        owner.time_mlp = AutocastRegion(owner.time_mlp, enabled)
+    return model
 
 
 def network_in(model: torch.nn.Module, name: str):
@@ -48,6 +71,16 @@ def network_in(model: torch.nn.Module, name: str):
         return tf32_model(model)
     if name == "float32":
         return model
+    if name == "bfloat16_weights":  # bfloat16's rounding of the weights alone, arithmetic in float32
+        return bfloat16_weights(model)
+    if name == "bfloat16_activations":  # bfloat16's rounding of the activations alone, weights in float32
+        return bfloat16_activations_model(model)
+    if name == "bfloat16_input":  # x_t rounded to bfloat16 on its way in, the network in float32
+        return lambda x, t: model(x.bfloat16().float(), t)
+    if name == "bfloat16_time_only":  # only the time embedding's layers under autocast
+        return time_mlps_in(model, enabled=True)
+    if name == "bfloat16_but_time":  # autocast everywhere except the time embedding's layers
+        return hf.autocast_model(time_mlps_in(model, enabled=False), "cpu")
     if name == "float32_per_image":
         return lambda x, t: torch.cat([model(x[i:i + 1], t[i:i + 1]) for i in range(len(x))])
     raise ValueError(f"network must be one of {NETWORKS}, got {name!r}")

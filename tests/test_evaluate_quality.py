@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluate_quality import parse_sampler
+from evaluate_quality import arithmetic_label, bfloat16_weights, parse_sampler, perturbed_weights
 
 SCRIPT = Path(__file__).resolve().parent / "evaluate_quality.py"
 
@@ -71,7 +71,8 @@ def test_tf32_emulation_moves_the_samples_a_little(tmp_path, plain):
     assert plain["arithmetic"] == "float32" and emulated["arithmetic"] == "float32, TF32 operands (emulated)"
     fd, fd_tf32 = plain["results"]["ddim:3"]["classifier_fd"], emulated["results"]["ddim:3"]["classifier_fd"]
     assert fd_tf32 != fd and fd_tf32 == pytest.approx(fd, rel=0.2)  # the same x_T, rounded arithmetic
-    for pair in (["--bf16", "--emulate-tf32"], ["--emulate-tf32", "--strict-float32"], ["--bf16", "--strict-float32"]):
+    for pair in (["--bf16", "--emulate-tf32"], ["--emulate-tf32", "--strict-float32"], ["--bf16", "--strict-float32"],
+                 ["--bf16", "--bf16-weights"], ["--bf16-activations", "--perturb-weights", "1"]):
         completed = subprocess.run([sys.executable, str(SCRIPT), *pair, "--output", str(tmp_path / "q.json")],
                                    capture_output=True, text=True, timeout=300)
         assert completed.returncode == 2 and "choose one" in completed.stderr
@@ -84,6 +85,33 @@ def test_eps_scale_changes_the_path_and_is_recorded(tmp_path, plain):
     completed = subprocess.run([sys.executable, str(SCRIPT), "--eps-scale", "0", "--output", str(tmp_path / "q.json")],
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 2 and "--eps-scale must lie in" in completed.stderr
+
+
+def test_bfloat16_weights_round_a_copy_and_are_named():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.GroupNorm(2, 4))
+    original = [p.clone() for p in model.parameters()]
+    rounded = bfloat16_weights(model)
+    for before, after, kept in zip(original, rounded.parameters(), model.parameters()):
+        assert after.dtype == torch.float32 and torch.equal(after, before.bfloat16().float())
+        assert torch.equal(kept, before)  # the model itself is left alone
+    assert not torch.equal(rounded[0].weight, model[0].weight)
+    assert arithmetic_label(torch.device("cpu"), False, False, bf16_weights=True) == "float32, weights rounded to bfloat16"
+
+
+def test_perturbed_weights_are_random_errors_of_bfloat16s_size():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(200, 200)
+    weight = model.weight.detach().clone()
+    rounding = ((bfloat16_weights(model).weight - weight) / weight.abs()).detach()
+    perturbed = perturbed_weights(model, seed=0)
+    error = ((perturbed.weight - weight) / weight.abs()).detach()
+    assert torch.equal(model.weight, weight) and torch.equal(perturbed.weight, perturbed_weights(model, seed=0).weight)
+    assert not torch.equal(perturbed.weight, perturbed_weights(model, seed=1).weight)
+    assert error.abs().max() <= 2.0**-8  # at most half a bfloat16 step, as rounding
+    assert error.abs().mean().item() == pytest.approx(rounding.abs().mean().item(), rel=0.03)  # same size on average ...
+    assert abs(torch.corrcoef(torch.stack([error.flatten(), rounding.flatten()]))[0, 1]) < 0.05  # ... but unrelated
+    assert "seed 7" in arithmetic_label(torch.device("cpu"), False, False, perturb_seed=7)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -21,14 +21,25 @@ DROPPED_BITS = 23 - 10  # float32 mantissa bits that TF32 does not keep
 ROUNDED_OPERATIONS = {"conv2d", "linear", "matmul", "__matmul__", "bmm"}
 
 
+def round_mantissa(x: torch.Tensor, kept_bits: int) -> torch.Tensor:
+    """float32 values rounded to `kept_bits` mantissa bits (nearest, ties to even); still stored as float32.
+    10 bits is TF32, 7 bits bfloat16."""
+    if x.dtype != torch.float32:
+        raise TypeError(f"round_mantissa takes float32 tensors, got {x.dtype}")
+    if not 1 <= kept_bits <= 22:
+        raise ValueError(f"kept_bits must lie in 1 ... 22 (float32 keeps 23), got {kept_bits}")
+    dropped = 23 - kept_bits
+    bits = x.contiguous().view(torch.int32)
+    # add half of the dropped part (minus one unless the kept last bit is odd: ties go to the even neighbour), then drop it
+    bits = bits + ((1 << (dropped - 1)) - 1 + ((bits >> dropped) & 1))
+    return (bits & ~((1 << dropped) - 1)).view(torch.float32).view(x.shape)
+
+
 def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
     """float32 values rounded to TF32's 10 mantissa bits (nearest, ties to even); still stored as float32."""
     if x.dtype != torch.float32:
         raise TypeError(f"round_to_tf32 takes float32 tensors, got {x.dtype}")
-    bits = x.contiguous().view(torch.int32)
-    # add half of the dropped part (minus one unless the kept last bit is odd: ties go to the even neighbour), then drop it
-    bits = bits + ((1 << (DROPPED_BITS - 1)) - 1 + ((bits >> DROPPED_BITS) & 1))
-    return (bits & ~((1 << DROPPED_BITS) - 1)).view(torch.float32).view(x.shape)
+    return round_mantissa(x, 23 - DROPPED_BITS)
 
 
 class TF32Operands(TorchFunctionMode):
@@ -50,3 +61,32 @@ def tf32_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> C
             return model(x, t)
 
     return model_in_tf32
+
+
+BFLOAT16_BITS = 7  # bfloat16's mantissa bits (8 significant with the implicit one)
+WEIGHTED_OPERATIONS = {"conv2d", "linear"}  # their second operand is a layer's weight
+
+
+class Bfloat16Activations(TorchFunctionMode):
+    """Within this mode, the float32 activations that bfloat16 autocast would multiply in bfloat16 are rounded to its 7
+    mantissa bits: the input of each convolution and linear layer (not its weight), both factors of a matrix product
+    and the query, key and value of scaled_dot_product_attention. The products are summed in float32."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        rounded = (1 if name in WEIGHTED_OPERATIONS else 2 if name in ROUNDED_OPERATIONS
+                   else 3 if name == "scaled_dot_product_attention" else 0)
+        args = tuple(round_mantissa(a, BFLOAT16_BITS) if i < rounded and isinstance(a, torch.Tensor) and a.dtype == torch.float32 else a
+                     for i, a in enumerate(args))
+        return func(*args, **kwargs)
+
+
+def bfloat16_activations_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                               ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """model(x, t) with the activations bfloat16 autocast would round rounded the same way, its weights left in float32."""
+    def model_with_rounded_activations(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with Bfloat16Activations():
+            return model(x, t)
+
+    return model_with_rounded_activations
