@@ -13,6 +13,10 @@ far its images lie from the reference's (the first of --networks; mean and large
 Small differences mean the precision of a machine cannot explain a difference between its FDs and another's.
 `float32_per_image` calls the float32 network on one image at a time: it should give the batch's images up to
 float32's rounding (GroupNorm and attention work within each image), so the batch size cannot move a score either.
+Taking bfloat16 autocast apart (with --networks bfloat16 ... to measure each part's distance from bfloat16's images):
+`bfloat16_weights` rounds the weights alone (float32 arithmetic), `bfloat16_activations` the activations alone
+(float32 weights), `bfloat16_input` only x_t on its way in, `bfloat16_time_only` runs only the time embedding's
+layers under autocast and `bfloat16_but_time` everything else.
 --networks picks which to run; the first is the reference the others are compared with.
 """
 
@@ -130,10 +134,10 @@ def main() -> None:
         classes[name] = predicted_classes(samples[name], classifier)
     reference = args.networks[0]
     print(f"DDIM eta = 0, {args.steps} steps, {args.n} images from x_T of CPU seed {args.seed}; differences from the {reference} network:")
-    print(f"{'network':<18s} {'mean |dx|':>10s} {'largest |dx|':>13s} {'moved > ' + str(VISIBLE):>12s} {'class changed':>14s} {'seconds':>8s}")
+    print(f"{'network':<22s} {'mean |dx|':>10s} {'largest |dx|':>13s} {'moved > ' + str(VISIBLE):>12s} {'class changed':>14s} {'seconds':>8s}")
     for name in args.networks:
         figures = compare(samples[name], classes[name], samples[reference], classes[reference])
-        print(f"{name:<18s} {figures['mean_pixel_difference']:10.2e} {figures['largest_pixel_difference']:13.2e}"
+        print(f"{name:<22s} {figures['mean_pixel_difference']:10.2e} {figures['largest_pixel_difference']:13.2e}"
               f" {figures['visibly_moved']:12.3f} {figures['class_changed']:14.3f} {seconds[name]:8.1f}")
 
 
