@@ -91,10 +91,11 @@ def timed_sampling(fn) -> tuple[torch.Tensor, float]:
     return samples, time.perf_counter() - start
 
 
-def train_ours(run: Run, nb: dict, x0: torch.Tensor, device: torch.device, seconds: float, bf16: bool, cuda_graph: bool):
+def train_ours(run: Run, nb: dict, x0: torch.Tensor, device: torch.device, seconds: float, bf16: bool, cuda_graph: bool,
+               dropout: float = 0.0):
     """The notebook's train_ddpm for `seconds`; returns the raw model, the EMA models and the losses."""
     hf.seed_everything(0)
-    model = nb["Unet"](dim=WEIGHTS_CONFIG["dim"], dim_mults=tuple(WEIGHTS_CONFIG["dim_mults"])).to(device)
+    model = nb["Unet"](dim=WEIGHTS_CONFIG["dim"], dim_mults=tuple(WEIGHTS_CONFIG["dim_mults"]), dropout=dropout).to(device)
     emas = {decay: nb["EMA"](model, decay) for decay in OURS["ema_decays"]}
     optimizer = torch.optim.Adam(model.parameters(), lr=OURS["peak_lr"], fused=device.type == "cuda")
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(WEIGHTS_CONFIG["T"])).to(device)
@@ -108,7 +109,7 @@ def train_ours(run: Run, nb: dict, x0: torch.Tensor, device: torch.device, secon
     run.log(f"ours: {len(losses)} steps of {OURS['batch_size']} in {train_seconds:.1f} s "
             f"({len(losses) * OURS['batch_size'] / train_seconds:.0f} images/s), last-100 loss {sum(losses[-100:]) / len(losses[-100:]):.4f}")
     run.record("train/ours", {"steps": len(losses), "seconds": train_seconds, "batch_size": OURS["batch_size"],
-                              "bf16": bf16, "cuda_graph": cuda_graph, "final_loss": sum(losses[-100:]) / len(losses[-100:]),
+                              "bf16": bf16, "cuda_graph": cuda_graph, "dropout": dropout, "final_loss": sum(losses[-100:]) / len(losses[-100:]),
                               "losses": losses[:: max(1, len(losses) // 2000)]})
     return model, emas, losses, train_seconds
 
@@ -178,8 +179,12 @@ def main() -> None:
     parser.add_argument("--extra-seeds", type=int, nargs="*", default=[1, 2], help="more draws of DDIM and ancestral, if time allows")
     parser.add_argument("--deadline", type=float, default=560.0, help="seconds after which optional parts are skipped")
     parser.add_argument("--skip-library", action="store_true", help="train and score only the project's model")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="dropout in our U-Net's ResNet blocks while training (the notebook's DROPOUT; shipped: 0)")
     parser.add_argument("--output-dir", default="gpu_results")
     args = parser.parse_args()
+    if not 0.0 <= args.dropout < 1.0:
+        parser.error(f"--dropout must lie in [0, 1), got {args.dropout}")
     device = torch.device(args.device)
     run = Run(Path(args.output_dir), args.deadline)
     torch.backends.cuda.matmul.allow_tf32 = True  # both models: TF32 matrix products (cuDNN convolutions use it by default)
@@ -270,13 +275,13 @@ def main() -> None:
 
     # ---- ours: train, sample, score
     try:
-        model, emas, _, train_seconds = train_ours(run, nb, x01 * 2 - 1, device, args.train_seconds, train_bf16, train_graph)
+        model, emas, _, train_seconds = train_ours(run, nb, x01 * 2 - 1, device, args.train_seconds, train_bf16, train_graph, args.dropout)
     except RuntimeError as error:  # a graph that cannot be recorded fails at once: train the eager loop instead
         if not train_graph:
             raise
         run.log(f"training with a CUDA graph failed ({error!r}); training without one")
         train_graph = False
-        model, emas, _, train_seconds = train_ours(run, nb, x01 * 2 - 1, device, args.train_seconds, train_bf16, train_graph)
+        model, emas, _, train_seconds = train_ours(run, nb, x01 * 2 - 1, device, args.train_seconds, train_bf16, train_graph, args.dropout)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(WEIGHTS_CONFIG["T"])).to(device)
     candidates = {"ours raw weights": model.eval()} | {f"ours EMA {d}": ema.module for d, ema in emas.items()}
     ema_scores = {}
@@ -289,7 +294,7 @@ def main() -> None:
     run.log(f"best EMA decay by DDIM-{args.compare_steps} FD: {best_decay}")
     for decay, ema in emas.items():
         metadata = {"ema_decay": decay, "steps": run.results["train/ours"]["steps"], "batch_size": OURS["batch_size"],
-                    "train_seconds": train_seconds, "device_name": name, "losses": run.results["train/ours"]["losses"],
+                    "train_seconds": train_seconds, "device_name": name, "dropout": args.dropout, "losses": run.results["train/ours"]["losses"],
                     "trained_by": "tests/gpu_comparison.py (the DDPM notebook's train_ddpm)"}
         written = hf.save_weights(ema.module, f"ddpm_mnist_ema_{decay}".replace(".", "_"), WEIGHTS_CONFIG, smoke=True, metadata=metadata)
         written.replace(run.output_dir / written.name)  # smoke=True writes to a temporary folder, never into data/

@@ -113,6 +113,41 @@ def test_train_ddpm_lowers_the_loss_and_updates_every_average(nb):
         assert not torch.equal(next(ema.module.parameters()), old)
 
 
+def test_dropout_acts_in_training_only_and_leaves_the_weights_alone(nb):
+    torch.manual_seed(0)
+    plain = nb["Unet"](dim=8, dim_mults=(1, 2))
+    dropped = nb["Unet"](dim=8, dim_mults=(1, 2), dropout=0.3)
+    # the same state dict (nn.Dropout has no weights): weights trained either way load into either model
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in dropped.state_dict().items()}
+    dropped.load_state_dict(plain.state_dict())
+    rates = [m.p for m in dropped.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(rates) == sum(isinstance(m, nb["ResnetBlock"]) for m in dropped.modules()) and set(rates) == {0.3}
+    x, t = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(3)), torch.tensor([0, 10, 500, 999])
+    with torch.no_grad():
+        assert torch.equal(dropped.eval()(x, t), plain.eval()(x, t))  # sampling (eval mode) never sees dropout
+        dropped.train()
+        first, second = dropped(x, t), dropped(x, t)
+    assert relative_error(first, second) > 1e-3  # in training mode each call drops other activations
+    assert relative_error(first, plain(x, t)) > 1e-3
+
+
+def test_train_ddpm_learns_with_dropout(nb):
+    torch.manual_seed(0)
+    model = nb["Unet"](dim=8, dim_mults=(1, 2), dropout=0.1)
+    images, _ = hf.load_mnist_subset()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
+    losses = nb["train_ddpm"](model, [], optimizer, images[:64] * 2 - 1, schedule, batch_size=16, max_steps=60,
+                              peak_lr=2e-3, warmup_steps=5, grad_clip=1.0)
+    assert all(math.isfinite(v) for v in losses) and sum(losses[-10:]) / 10 < sum(losses[:5]) / 5
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
+def test_unet_refuses_a_dropout_outside_zero_to_one(nb, rate):
+    with pytest.raises(ValueError, match=r"dropout .* must lie in \[0, 1\)"):
+        nb["Unet"](dim=8, dim_mults=(1, 2), dropout=rate)
+
+
 def test_train_ddpm_stops_at_its_time_budget(nb):
     model = nb["Unet"](dim=8, dim_mults=(1, 2))
     x0 = torch.randn(32, 1, 28, 28)
@@ -229,14 +264,15 @@ def test_graphed_gradient_steps_match_eager_ones(nb):
 
 
 @needs_cuda
-def test_train_ddpm_with_a_cuda_graph_learns_like_the_eager_loop(nb):
+@pytest.mark.parametrize("dropout", [0.0, 0.1])  # dropout draws its masks inside the recorded graph too
+def test_train_ddpm_with_a_cuda_graph_learns_like_the_eager_loop(nb, dropout):
     images, _ = hf.load_mnist_subset()
     x0 = (images[:512] * 2 - 1).cuda()
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000)).to("cuda")
     curves = {}
     for graphed in (False, True):
         hf.seed_everything(0)
-        model = nb["Unet"](dim=16, dim_mults=(1, 2)).cuda()
+        model = nb["Unet"](dim=16, dim_mults=(1, 2), dropout=dropout).cuda()
         emas = [nb["EMA"](model, 0.99)]
         before = next(emas[0].module.parameters()).detach().clone()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)

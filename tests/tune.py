@@ -7,6 +7,7 @@ decays the notebook uses) with ancestral sampling on respaced steps (sigma^2 = b
 
     python tests/tune.py --bf16 --steps 600 --batch 32 --lr 2.5e-4 5e-4 1e-3 --n 500       # 2-core CPU, ~20 minutes
     python tests/tune.py --seconds 60 --batch 128 --lr 5e-4 1e-3 2e-3 --dims 32 64 --n 1000  # one GPU
+    python tests/tune.py --bf16 --steps 600 --batch 32 --lr 1e-3 --dropout 0 0.1 --n 500      # dropout, 2-core CPU
 
 Prints one line per setting (steps done, last-100-step loss, the measure) and writes JSON.
 """
@@ -32,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lr", type=float, nargs="+", default=[1e-3], help="peak Adam learning rates to try")
     parser.add_argument("--dims", type=int, nargs="+", default=[32], help="U-Net widths to try")
+    parser.add_argument("--dropout", type=float, nargs="+", default=[0.0], help="ResNet-block dropout rates to try")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
     parser.add_argument("--steps", type=int, default=600, help="training steps per setting (the budget on a CPU)")
@@ -45,6 +47,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1 or args.n < 2 or args.batch < 1:
         parser.error("--steps, --batch must be positive and --n at least 2")
+    if not all(0.0 <= p < 1.0 for p in args.dropout):
+        parser.error(f"--dropout rates must lie in [0, 1), got {args.dropout}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     notebook = notebook_classes("DDPM.ipynb")
     images, labels = hf.load_mnist_subset()
@@ -57,9 +61,9 @@ def main() -> None:
           f"{args.sample_steps} respaced ancestral steps", flush=True)
     print(hf.format_quality("real digits (floor)", floor), flush=True)
     results = {"device": str(device), "args": vars(args), "floor": floor, "runs": {}}
-    for dim, peak_lr in itertools.product(args.dims, args.lr):
+    for dim, peak_lr, dropout in itertools.product(args.dims, args.lr, args.dropout):
         hf.seed_everything(args.seed)
-        model = notebook["Unet"](dim=dim, dim_mults=(1, 2, 4)).to(device)
+        model = notebook["Unet"](dim=dim, dim_mults=(1, 2, 4), dropout=dropout).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr, fused=device.type == "cuda")
         start = time.perf_counter()
         losses = notebook["train_ddpm"](model, [], optimizer, x0, schedule, args.batch,
@@ -75,7 +79,7 @@ def main() -> None:
                                         generator=generator, progress=False),
             args.n, args.chunk).clamp(-1, 1)
         scores = hf.sample_quality(samples, reference)
-        name = f"dim {dim}, lr {peak_lr:g}"
+        name = f"dim {dim}, lr {peak_lr:g}" + (f", dropout {dropout:g}" if len(args.dropout) > 1 or dropout else "")
         results["runs"][name] = {**scores, "steps": len(losses), "train_seconds": train_seconds,
                                  "last_loss": sum(losses[-100:]) / len(losses[-100:])}
         print(hf.format_quality(name, scores) + f"   {len(losses)} steps in {train_seconds:.0f} s, "
