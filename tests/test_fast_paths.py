@@ -284,3 +284,22 @@ def test_train_ddpm_with_a_cuda_graph_learns_like_the_eager_loop(nb, dropout):
     eager_tail, graphed_tail = (sum(curves[g][-100:]) / 100 for g in (False, True))
     assert sum(curves[True][:20]) / 20 > 2 * graphed_tail  # it learns
     assert graphed_tail == pytest.approx(eager_tail, rel=0.15)  # and as well as the eager loop (other random draws)
+
+
+def test_tune_scores_the_fit_in_eval_mode_with_fixed_noise(nb):
+    from tune import fixed_noise_loss
+
+    torch.manual_seed(0)
+    model = nb["Unet"](dim=8, dim_mults=(1, 2), dropout=0.5)  # training mode, heavy dropout
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
+    x0 = torch.rand(10, 1, 28, 28) * 2 - 1
+    first = fixed_noise_loss(model, x0, schedule, seed=4, batch=3)
+    assert model.training  # the mode it came in
+    assert fixed_noise_loss(model, x0, schedule, seed=4, batch=10) == pytest.approx(first, rel=1e-5)  # no dropout noise
+    generator = torch.Generator().manual_seed(4)
+    t = torch.randint(0, 1000, (10,), generator=generator)
+    eps = torch.randn(x0.shape, generator=generator)
+    with torch.no_grad():
+        by_hand = torch.nn.functional.mse_loss(model.eval()(hf.q_sample(x0, t, schedule, noise=eps), t), eps).item()
+    assert first == pytest.approx(by_hand, rel=1e-5)
+    assert fixed_noise_loss(model, x0, schedule, seed=5) != pytest.approx(first, rel=1e-3)  # the seed picks t and eps

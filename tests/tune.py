@@ -3,11 +3,14 @@
 
 Each setting trains the notebook's `Unet` with its `train_ddpm` from the same seed for the same budget, then scores
 the last raw weights (the cosine decay ends at a learning rate of 0, and a short run is too short for the EMA
-decays the notebook uses) with ancestral sampling on respaced steps (sigma^2 = beta_tilde, i.e. DDIM with eta = 1).
+decays the notebook uses) with ancestral sampling on respaced steps (sigma^2 = beta_tilde, i.e. DDIM with eta = 1),
+and, with --ddim-steps, with deterministic DDIM too. Besides the training loss (with dropout on, when there is
+dropout) it reports the loss in eval mode on 1,000 training digits with fixed t and eps, the same for every setting.
 
     python tests/tune.py --bf16 --steps 600 --batch 32 --lr 2.5e-4 5e-4 1e-3 --n 500       # 2-core CPU, ~20 minutes
     python tests/tune.py --seconds 60 --batch 128 --lr 5e-4 1e-3 2e-3 --dims 32 64 --n 1000  # one GPU
     python tests/tune.py --bf16 --steps 600 --batch 32 --lr 1e-3 --dropout 0 0.1 --n 500      # dropout, 2-core CPU
+    python tests/tune.py --bf16 --steps 3000 --batch 32 --lr 5e-4 --dropout 0 0.1 --n 1000 --ddim-steps 50  # ~40 min
 
 Prints one line per setting (steps done, last-100-step loss, the measure) and writes JSON.
 """
@@ -29,6 +32,23 @@ import helper_functions as hf  # noqa: E402
 from notebook_code import notebook_classes  # noqa: E402
 
 
+@torch.no_grad()
+def fixed_noise_loss(model, x0: torch.Tensor, schedule: hf.NoiseSchedule, seed: int, batch: int = 200) -> float:
+    """|| eps - eps_theta(x_t, t) ||^2 in eval mode over x0, with t and eps drawn once from `seed`: comparable across
+    settings, and free of dropout's noise."""
+    generator = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, schedule.timesteps, (len(x0),), generator=generator).to(x0.device)
+    eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, len(x0), batch):
+        x_t = hf.q_sample(x0[i:i + batch], t[i:i + batch], schedule, noise=eps[i:i + batch])
+        total += torch.nn.functional.mse_loss(model(x_t, t[i:i + batch]).float(), eps[i:i + batch], reduction="sum").item()
+    model.train(was_training)
+    return total / eps.numel()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lr", type=float, nargs="+", default=[1e-3], help="peak Adam learning rates to try")
@@ -40,11 +60,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="wall-clock budget per setting instead (a GPU)")
     parser.add_argument("--n", type=int, default=500, help="samples scored per setting")
     parser.add_argument("--sample-steps", type=int, default=50, help="respaced ancestral steps for the samples")
+    parser.add_argument("--ddim-steps", type=int, default=0, help="also score DDIM (eta = 0) with this many steps")
     parser.add_argument("--chunk", type=int, default=200, help="images per sampling batch")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for training and sampling")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="tune.json")
     args = parser.parse_args()
+    if args.ddim_steps < 0:
+        parser.error(f"--ddim-steps must be 0 (off) or positive, got {args.ddim_steps}")
     if args.steps < 1 or args.n < 2 or args.batch < 1:
         parser.error("--steps, --batch must be positive and --n at least 2")
     if not all(0.0 <= p < 1.0 for p in args.dropout):
@@ -71,6 +94,7 @@ def main() -> None:
                                         warmup_steps=args.warmup, grad_clip=1.0, max_seconds=args.seconds, bf16=args.bf16,
                                         cuda_graph=device.type == "cuda")  # as the notebook trains on a GPU
         train_seconds = time.perf_counter() - start
+        eval_loss = fixed_noise_loss(model, x0[::5], schedule, seed=args.seed)  # 1,000 digits, 100 of each class
         network = hf.autocast_model(model.eval(), device.type) if args.bf16 else model.eval()
         short_model, short_schedule = hf.respaced(network, schedule, args.sample_steps)
         generator = torch.Generator(device).manual_seed(args.seed)
@@ -81,9 +105,17 @@ def main() -> None:
         scores = hf.sample_quality(samples, reference)
         name = f"dim {dim}, lr {peak_lr:g}" + (f", dropout {dropout:g}" if len(args.dropout) > 1 or dropout else "")
         results["runs"][name] = {**scores, "steps": len(losses), "train_seconds": train_seconds,
-                                 "last_loss": sum(losses[-100:]) / len(losses[-100:])}
+                                 "last_loss": sum(losses[-100:]) / len(losses[-100:]), "eval_loss": eval_loss}
         print(hf.format_quality(name, scores) + f"   {len(losses)} steps in {train_seconds:.0f} s, "
-              f"loss {results['runs'][name]['last_loss']:.4f}", flush=True)
+              f"loss {results['runs'][name]['last_loss']:.4f}, eval-mode loss {eval_loss:.4f}", flush=True)
+        if args.ddim_steps:
+            ddim_generator = torch.Generator(device).manual_seed(args.seed)
+            ddim_samples = hf.sample_in_batches(
+                lambda size: hf.ddim_sample(network, schedule, (size, 1, 28, 28), args.ddim_steps, device=device,
+                                            generator=ddim_generator, progress=False),
+                args.n, args.chunk).clamp(-1, 1)
+            results["runs"][name]["ddim"] = hf.sample_quality(ddim_samples, reference)
+            print(hf.format_quality(f"  DDIM {args.ddim_steps} steps", results["runs"][name]["ddim"]), flush=True)
         Path(args.output).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.output}")
 
