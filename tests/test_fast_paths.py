@@ -137,7 +137,7 @@ def test_train_ddpm_learns_with_dropout(nb):
     images, _ = hf.load_mnist_subset()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
-    losses = nb["train_ddpm"](model, [], optimizer, images[:64] * 2 - 1, schedule, batch_size=16, max_steps=60,
+    losses = nb["train_ddpm"](model, [], optimizer, images[:32] * 2 - 1, schedule, batch_size=8, max_steps=40,
                               peak_lr=2e-3, warmup_steps=5, grad_clip=1.0)
     assert all(math.isfinite(v) for v in losses) and sum(losses[-10:]) / 10 < sum(losses[:5]) / 5
 
