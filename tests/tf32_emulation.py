@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch.overrides import TorchFunctionMode
 
-DROPPED_BITS = 23 - 10  # float32 mantissa bits that TF32 does not keep
+TF32_BITS = 10  # mantissa bits TF32 keeps of float32's 23
 ROUNDED_OPERATIONS = {"conv2d", "linear", "matmul", "__matmul__", "bmm"}
 
 
@@ -37,7 +37,7 @@ def round_mantissa(x: torch.Tensor, kept_bits: int) -> torch.Tensor:
 
 def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
     """float32 values rounded to TF32's 10 mantissa bits (nearest, ties to even); still stored as float32."""
-    return round_mantissa(x, 23 - DROPPED_BITS)
+    return round_mantissa(x, TF32_BITS)
 
 
 class TF32Operands(TorchFunctionMode):
