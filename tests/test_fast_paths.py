@@ -84,6 +84,10 @@ def test_learning_rate_warms_up_then_decays_to_zero(nb):
     assert lr(1000, 0.5, 1e-3, 200) == pytest.approx(0.5e-3)
     assert lr(5000, 1.0, 1e-3, 200) == pytest.approx(0.0, abs=1e-12)
     assert lr(5000, 1.7, 1e-3, 200) == pytest.approx(0.0, abs=1e-12)  # past the end: stays at zero
+    assert lr(0, 0.0, 1e-3, 0) == pytest.approx(1e-3)  # no warm-up: the peak at once
+    assert lr(1000, 0.5, 1e-3, 0) == pytest.approx(0.5e-3)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        lr(0, 0.0, 1e-3, -1)
 
 
 def test_random_batches_cover_every_image_once_per_epoch(nb):
@@ -303,3 +307,13 @@ def test_tune_scores_the_fit_in_eval_mode_with_fixed_noise(nb):
         by_hand = torch.nn.functional.mse_loss(model.eval()(hf.q_sample(x0, t, schedule, noise=eps), t), eps).item()
     assert first == pytest.approx(by_hand, rel=1e-5)
     assert fixed_noise_loss(model, x0, schedule, seed=5) != pytest.approx(first, rel=1e-3)  # the seed picks t and eps
+
+
+def test_tune_scales_the_learning_rate_with_the_batch_and_names_what_it_sweeps():
+    from tune import peak_learning_rate, setting_name
+
+    assert peak_learning_rate(1e-3, 32, None) == 1e-3  # as given
+    assert peak_learning_rate(1e-3, 32, 128) == pytest.approx(5e-4)  # the notebook's sqrt(batch / 128)
+    assert peak_learning_rate(1e-3, 128, 128) == pytest.approx(1e-3)
+    assert setting_name(32, 5e-4, 0.0, 32, 200, set()) == "dim 32, lr 0.0005"
+    assert setting_name(32, 5e-4, 0.1, 64, 0, {"batch", "warmup"}) == "dim 32, lr 0.0005, dropout 0.1, batch 64, warm-up 0"

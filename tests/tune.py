@@ -11,6 +11,12 @@ dropout) it reports the loss in eval mode on 1,000 training digits with fixed t 
     python tests/tune.py --seconds 60 --batch 128 --lr 5e-4 1e-3 2e-3 --dims 32 64 --n 1000  # one GPU
     python tests/tune.py --bf16 --steps 600 --batch 32 --lr 1e-3 --dropout 0 0.1 --n 500      # dropout, 2-core CPU
     python tests/tune.py --bf16 --steps 3000 --batch 32 --lr 5e-4 --dropout 0 0.1 --n 1000 --ddim-steps 50  # ~40 min
+    python tests/tune.py --bf16 --seconds 420 --batch 32 --lr 5e-4 --dims 16 32 64 --n 500     # width, same minutes
+    python tests/tune.py --bf16 --seconds 420 --batch 16 64 128 --lr 1e-3 --lr-at-batch 128 --n 500  # batch, same minutes
+
+--dims, --lr, --dropout, --batch and --warmup each take several values; every combination is trained. With
+--lr-at-batch B the learning rates are peaks at batch B, scaled by sqrt(batch / B) for each batch tried, the rule the
+notebook follows (B = 128); without it every batch uses the given rates as they are.
 
 Prints one line per setting (steps done, last-100-step loss, the measure) and writes JSON.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -49,13 +56,32 @@ def fixed_noise_loss(model, x0: torch.Tensor, schedule: hf.NoiseSchedule, seed: 
     return total / eps.numel()
 
 
+def peak_learning_rate(lr: float, batch: int, lr_at_batch: int | None) -> float:
+    """The peak rate for `batch`: `lr` as given, or scaled by sqrt(batch / lr_at_batch) (the notebook's rule)."""
+    return lr if lr_at_batch is None else lr * math.sqrt(batch / lr_at_batch)
+
+
+def setting_name(dim: int, peak_lr: float, dropout: float, batch: int, warmup: int, swept: set[str]) -> str:
+    """A short label: width and learning rate always, the other settings when they are swept or not the default."""
+    name = f"dim {dim}, lr {peak_lr:.3g}"
+    if "dropout" in swept or dropout:
+        name += f", dropout {dropout:g}"
+    if "batch" in swept:
+        name += f", batch {batch}"
+    if "warmup" in swept:
+        name += f", warm-up {warmup}"
+    return name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lr", type=float, nargs="+", default=[1e-3], help="peak Adam learning rates to try")
     parser.add_argument("--dims", type=int, nargs="+", default=[32], help="U-Net widths to try")
     parser.add_argument("--dropout", type=float, nargs="+", default=[0.0], help="ResNet-block dropout rates to try")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
+    parser.add_argument("--batch", type=int, nargs="+", default=[32], help="batch sizes to try")
+    parser.add_argument("--lr-at-batch", type=int, default=None,
+                        help="the --lr values are peaks at this batch, scaled by sqrt(batch / it) (notebook: 128)")
+    parser.add_argument("--warmup", type=int, nargs="+", default=[200], help="linear warm-up steps to try")
     parser.add_argument("--steps", type=int, default=600, help="training steps per setting (the budget on a CPU)")
     parser.add_argument("--seconds", type=float, default=None, help="wall-clock budget per setting instead (a GPU)")
     parser.add_argument("--n", type=int, default=500, help="samples scored per setting")
@@ -68,8 +94,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.ddim_steps < 0:
         parser.error(f"--ddim-steps must be 0 (off) or positive, got {args.ddim_steps}")
-    if args.steps < 1 or args.n < 2 or args.batch < 1:
-        parser.error("--steps, --batch must be positive and --n at least 2")
+    if args.steps < 1 or args.n < 2 or min(args.batch) < 1 or (args.lr_at_batch is not None and args.lr_at_batch < 1):
+        parser.error("--steps, --batch and --lr-at-batch must be positive and --n at least 2")
+    if min(args.warmup) < 0:
+        parser.error(f"--warmup must be 0 or more steps, got {args.warmup}")
     if not all(0.0 <= p < 1.0 for p in args.dropout):
         parser.error(f"--dropout rates must lie in [0, 1), got {args.dropout}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,18 +108,20 @@ def main() -> None:
     reference = hf.QualityReference(hf.load_classifier(), images, labels)
     floor = hf.reference_scores(reference, args.n, seed=args.seed)["real"]
     budget = f"{args.seconds:g} s" if args.seconds else f"{args.steps} steps"
-    print(f"{device} | batch {args.batch} | {budget} per setting | bf16 {args.bf16} | n = {args.n}, "
+    print(f"{device} | batch {' '.join(map(str, args.batch))} | {budget} per setting | bf16 {args.bf16} | n = {args.n}, "
           f"{args.sample_steps} respaced ancestral steps", flush=True)
     print(hf.format_quality("real digits (floor)", floor), flush=True)
     results = {"device": str(device), "args": vars(args), "floor": floor, "runs": {}}
-    for dim, peak_lr, dropout in itertools.product(args.dims, args.lr, args.dropout):
+    swept = {option for option in ("dims", "lr", "dropout", "batch", "warmup") if len(getattr(args, option)) > 1}
+    for dim, lr, dropout, batch, warmup in itertools.product(args.dims, args.lr, args.dropout, args.batch, args.warmup):
+        peak_lr = peak_learning_rate(lr, batch, args.lr_at_batch)
         hf.seed_everything(args.seed)
         model = notebook["Unet"](dim=dim, dim_mults=(1, 2, 4), dropout=dropout).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr, fused=device.type == "cuda")
         start = time.perf_counter()
-        losses = notebook["train_ddpm"](model, [], optimizer, x0, schedule, args.batch,
+        losses = notebook["train_ddpm"](model, [], optimizer, x0, schedule, batch,
                                         max_steps=10**9 if args.seconds else args.steps, peak_lr=peak_lr,
-                                        warmup_steps=args.warmup, grad_clip=1.0, max_seconds=args.seconds, bf16=args.bf16,
+                                        warmup_steps=warmup, grad_clip=1.0, max_seconds=args.seconds, bf16=args.bf16,
                                         cuda_graph=device.type == "cuda")  # as the notebook trains on a GPU
         train_seconds = time.perf_counter() - start
         eval_loss = fixed_noise_loss(model, x0[::5], schedule, seed=args.seed)  # 1,000 digits, 100 of each class
@@ -103,8 +133,9 @@ def main() -> None:
                                         generator=generator, progress=False),
             args.n, args.chunk).clamp(-1, 1)
         scores = hf.sample_quality(samples, reference)
-        name = f"dim {dim}, lr {peak_lr:g}" + (f", dropout {dropout:g}" if len(args.dropout) > 1 or dropout else "")
-        results["runs"][name] = {**scores, "steps": len(losses), "train_seconds": train_seconds,
+        name = setting_name(dim, peak_lr, dropout, batch, warmup, swept)
+        results["runs"][name] = {**scores, "steps": len(losses), "batch": batch, "warmup": warmup, "peak_lr": peak_lr,
+                                 "dim": dim, "dropout": dropout, "train_seconds": train_seconds,
                                  "last_loss": sum(losses[-100:]) / len(losses[-100:]), "eval_loss": eval_loss}
         print(hf.format_quality(name, scores) + f"   {len(losses)} steps in {train_seconds:.0f} s, "
               f"loss {results['runs'][name]['last_loss']:.4f}, eval-mode loss {eval_loss:.4f}", flush=True)
