@@ -62,7 +62,7 @@ def peak_learning_rate(lr: float, batch: int, lr_at_batch: int | None) -> float:
 
 
 def setting_name(dim: int, peak_lr: float, dropout: float, batch: int, warmup: int, swept: set[str]) -> str:
-    """A short label: width and learning rate always, the other settings when they are swept or not the default."""
+    """A short label: width and learning rate always, batch and warm-up when swept, dropout when swept or on."""
     name = f"dim {dim}, lr {peak_lr:.3g}"
     if "dropout" in swept or dropout:
         name += f", dropout {dropout:g}"
@@ -83,7 +83,7 @@ def main() -> None:
                         help="the --lr values are peaks at this batch, scaled by sqrt(batch / it) (notebook: 128)")
     parser.add_argument("--warmup", type=int, nargs="+", default=[200], help="linear warm-up steps to try")
     parser.add_argument("--steps", type=int, default=600, help="training steps per setting (the budget on a CPU)")
-    parser.add_argument("--seconds", type=float, default=None, help="wall-clock budget per setting instead (a GPU)")
+    parser.add_argument("--seconds", type=float, default=None, help="wall-clock budget per setting instead of --steps")
     parser.add_argument("--n", type=int, default=500, help="samples scored per setting")
     parser.add_argument("--sample-steps", type=int, default=50, help="respaced ancestral steps for the samples")
     parser.add_argument("--ddim-steps", type=int, default=0, help="also score DDIM (eta = 0) with this many steps")
