@@ -112,7 +112,7 @@ def main() -> None:
           f"{args.sample_steps} respaced ancestral steps", flush=True)
     print(hf.format_quality("real digits (floor)", floor), flush=True)
     results = {"device": str(device), "args": vars(args), "floor": floor, "runs": {}}
-    swept = {option for option in ("dims", "lr", "dropout", "batch", "warmup") if len(getattr(args, option)) > 1}
+    swept = {option for option in ("dropout", "batch", "warmup") if len(getattr(args, option)) > 1}  # what setting_name shows
     for dim, lr, dropout, batch, warmup in itertools.product(args.dims, args.lr, args.dropout, args.batch, args.warmup):
         peak_lr = peak_learning_rate(lr, batch, args.lr_at_batch)
         hf.seed_everything(args.seed)
