@@ -1,0 +1,93 @@
+"""The committed notebooks are what a reader sees first, on GitHub or in Jupyter: check they are a clean full run.
+
+CONVENTIONS.md asks for the outputs of a full run, kernel name `python3`, no machine paths, no base64 images in
+markdown, and each notebook under about 3 MB. A progress bar must show once, as its last state: executed by
+nbconvert, tqdm leaves one stream output per refresh, each starting with a carriage return, and a viewer that does
+not process carriage returns prints every one of them (a hundred lines of "training: 1%|..."). The README's
+"Regenerating the committed outputs" gives the commands that produce notebooks which pass.
+"""
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ["toy_diffusion.ipynb", "DDPM.ipynb"]
+MAX_BYTES = 3 * 1024 * 1024
+MACHINE_PATH = re.compile(r"(/work/|/home/|/root/|/Users/|/tmp/|[A-Z]:\\Users\\)")
+
+
+def output_text(output) -> str:
+    """The text a reader sees of one output: a stream's text, a result's plain text, an error's traceback."""
+    if output.output_type == "stream":
+        return output.text
+    if output.output_type == "error":
+        return "\n".join(output.traceback)
+    return str(output.get("data", {}).get("text/plain", ""))
+
+
+def progress_redraws(outputs) -> list[str]:
+    """Stream outputs that a viewer without carriage-return handling would show as extra lines, as short excerpts:
+    text overwritten by a later carriage return on the same line, or a stream continued in a separate output."""
+    found = []
+    for previous, output in zip([None, *outputs], outputs):
+        if output.output_type != "stream":
+            continue
+        if re.search(r"\r(?!\n|$)", output.text):
+            found.append(f"carriage return in {output.text[:60]!r}")
+        if previous is not None and previous.output_type == "stream" and previous.name == output.name:
+            found.append(f"{output.name} split across outputs at {output.text[:60]!r}")
+    return found
+
+
+@pytest.fixture(scope="module", params=NOTEBOOKS)
+def notebook(request):
+    path = ROOT / request.param
+    return path, nbformat.read(path, as_version=4)
+
+
+def test_notebook_is_small_and_uses_the_python3_kernel(notebook):
+    path, nb = notebook
+    assert path.stat().st_size < MAX_BYTES, f"{path.name} is {path.stat().st_size / 1e6:.1f} MB; keep it under 3 MB"
+    assert nb.metadata.kernelspec.name == "python3"
+
+
+def test_every_code_cell_ran_once_in_order_without_error(notebook):
+    path, nb = notebook
+    code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
+    counts = [cell.execution_count for cell in code_cells]
+    assert counts == list(range(1, len(code_cells) + 1)), f"{path.name}: not one top-to-bottom run: {counts}"
+    errors = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code" and any(o.output_type == "error" for o in cell.outputs)]
+    assert not errors, f"{path.name}: cells {errors} end in an error"
+
+
+def test_outputs_name_no_machine_path_and_markdown_embeds_no_image(notebook):
+    path, nb = notebook
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            assert "data:image" not in cell.source, f"{path.name} cell {index}: link the figure in data/ instead"
+        for output in cell.get("outputs", []):
+            match = MACHINE_PATH.search(output_text(output))
+            assert match is None, f"{path.name} cell {index} prints a machine path: {match.group(0)!r}"
+
+
+def test_each_progress_bar_shows_once_in_its_last_state(notebook):
+    path, nb = notebook
+    redraws = {index: progress_redraws(cell.outputs) for index, cell in enumerate(nb.cells) if cell.cell_type == "code"}
+    redraws = {index: found for index, found in redraws.items() if found}
+    assert not redraws, (
+        f"{path.name}: progress bars saved with every redraw in cells {sorted(redraws)} (first: {next(iter(redraws.values()))[0]}); "
+        "coalesce the streams as the README's 'Regenerating the committed outputs' says"
+    )
+
+
+def test_progress_redraws_are_found():
+    """The check above can fail: a tqdm-like pair of outputs is caught, a coalesced one passes."""
+    redrawn = [nbformat.v4.new_output("stream", name="stderr", text="\rtraining:  0%|"),
+               nbformat.v4.new_output("stream", name="stderr", text="\rtraining: 50%|")]
+    assert len(progress_redraws(redrawn)) == 3
+    tidy = [nbformat.v4.new_output("stream", name="stderr", text="training: 100%|\n"),
+            nbformat.v4.new_output("stream", name="stdout", text="800 steps\n")]
+    assert progress_redraws(tidy) == []
