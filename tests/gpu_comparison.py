@@ -23,6 +23,7 @@ project's measure scores them against the real-digit floor. Everything is writte
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import platform
 import sys
@@ -45,6 +46,14 @@ from notebook_code import notebook_classes  # noqa: E402
 WEIGHTS_CONFIG = {"dim": 32, "dim_mults": [1, 2, 4], "T": 1000, "beta_start": 1e-4, "beta_end": 0.02, "image_size": 28}
 OURS = {"batch_size": 128, "peak_lr": 1e-3, "warmup_steps": 200, "grad_clip": 1.0, "ema_decays": (0.995, 0.999, 0.9995)}
 LIBRARY = {"dim": 64, "batch_size": 128, "lr": 1e-3, "warmup_steps": 200, "grad_clip": 1.0, "ema_decay": 0.999}
+
+
+def installed_version(package: str) -> str | None:
+    """The installed version of a package, or None where it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 class Run:
@@ -185,12 +194,18 @@ def main() -> None:
     args = parser.parse_args()
     if not 0.0 <= args.dropout < 1.0:
         parser.error(f"--dropout must lie in [0, 1), got {args.dropout}")
+    library_versions = {package: installed_version(package) for package in ("denoising-diffusion-pytorch", "ema-pytorch")}
+    missing = [package for package, version in library_versions.items() if version is None]
+    if missing and not args.skip_library:
+        parser.error(f"{' and '.join(missing)} not installed: pip install denoising-diffusion-pytorch (it brings ema-pytorch), "
+                     "or pass --skip-library to train and score only the project's model")
     device = torch.device(args.device)
     run = Run(Path(args.output_dir), args.deadline)
     torch.backends.cuda.matmul.allow_tf32 = True  # both models: TF32 matrix products (cuDNN convolutions use it by default)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    run.log(f"{device} ({name}) | torch {torch.__version__} | train {args.train_seconds:.0f} s each | n = {args.n}")
-    run.record("setup", {"device": str(device), "device_name": name, "torch": torch.__version__, **vars(args),
+    library_line = "" if args.skip_library else f" | denoising-diffusion-pytorch {library_versions['denoising-diffusion-pytorch']}"
+    run.log(f"{device} ({name}) | torch {torch.__version__}{library_line} | train {args.train_seconds:.0f} s each | n = {args.n}")
+    run.record("setup", {"device": str(device), "device_name": name, "torch": torch.__version__, "versions": library_versions, **vars(args),
                          "ours": {k: list(v) if isinstance(v, tuple) else v for k, v in OURS.items()}, "library": LIBRARY})
 
     nb = notebook_classes("DDPM.ipynb")
