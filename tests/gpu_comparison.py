@@ -5,6 +5,11 @@ sample-quality measure; then the speed table on the same machine. Not part of th
     python tests/gpu_comparison.py --output-dir gpu_results            # one GPU: 3 + 3 minutes of training, ~10 min
     python tests/gpu_comparison.py --train-seconds 20 --n 200 --sample-steps 100 --output-dir cpu_results   # a CPU
 
+Checked with denoising-diffusion-pytorch 2.3.4 and ema-pytorch 0.8.3 (2026-11-26, on a CPU). On a machine with no
+network whose Python already has accelerate, einops, scipy and torchvision, three wheels are all it needs:
+`pip download --no-deps -d wheels denoising-diffusion-pytorch==2.3.4 ema-pytorch==0.8.3 pytorch-fid==0.3.0`
+where there is a network, then `pip install --no-index --no-deps wheels/*.whl` there.
+
 Both models train on the 5,000 shipped digits, for the same wall-clock time, on the same device:
 - ours: the DDPM notebook's own `Unet`, `EMA`, `random_batches` and `train_ddpm` (run from DDPM.ipynb), at the
   notebook's GPU settings (batch 128, Adam 1e-3 with 200 warm-up steps and a cosine decay, EMA 0.995 and 0.999
