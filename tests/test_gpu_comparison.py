@@ -4,6 +4,7 @@ is missing; it reads installed versions for its record."""
 import sys
 
 import pytest
+import torch
 
 import gpu_comparison
 
@@ -19,5 +20,5 @@ def test_a_missing_library_is_refused_before_any_work(monkeypatch, capsys, tmp_p
 
 
 def test_installed_version_reads_the_package_metadata():
-    assert str(__import__("torch").__version__).startswith(gpu_comparison.installed_version("torch"))  # 2.14.1 in 2.14.1+cu130
+    assert str(torch.__version__).startswith(gpu_comparison.installed_version("torch"))  # "2.14.1" in "2.14.1+cu130"
     assert gpu_comparison.installed_version("no-such-package-here") is None
