@@ -189,6 +189,8 @@ def main() -> None:
     parser.add_argument("--compare-steps", type=int, default=50, help="DDIM steps for comparing raw and EMA weights")
     parser.add_argument("--respaced-steps", type=int, nargs="*", default=[50, 20], help="respaced ancestral step counts")
     parser.add_argument("--speed-batch", type=int, default=128, help="batch of the speed table")
+    parser.add_argument("--speed-dims", type=int, nargs="+", default=[32, 64],
+                        help="U-Net widths of the speed table (32 is needed: its rows pick our training path)")
     parser.add_argument("--loss-check-steps", type=int, default=0, help="steps of a float32 vs bfloat16 loss check (0: none)")
     parser.add_argument("--extra-seeds", type=int, nargs="*", default=[1, 2], help="more draws of DDIM and ancestral, if time allows")
     parser.add_argument("--deadline", type=float, default=560.0, help="seconds after which optional parts are skipped")
@@ -197,6 +199,8 @@ def main() -> None:
                         help="dropout in our U-Net's ResNet blocks while training (the notebook's DROPOUT; shipped: 0)")
     parser.add_argument("--output-dir", default="gpu_results")
     args = parser.parse_args()
+    if 32 not in args.speed_dims:
+        parser.error(f"--speed-dims must include 32, the width whose rows pick our training path, got {args.speed_dims}")
     if not 0.0 <= args.dropout < 1.0:
         parser.error(f"--dropout must lie in [0, 1), got {args.dropout}")
     library_versions = {package: installed_version(package) for package in ("denoising-diffusion-pytorch", "ema-pytorch")}
@@ -238,7 +242,7 @@ def main() -> None:
     if not args.skip_library:
         from denoising_diffusion_pytorch import Unet as LibraryUnet
         variants += [("library fp32", lambda dim: LibraryUnet(dim=dim, channels=1, dim_mults=(1, 2, 4)), False, False)]
-    for dim in (32, 64):
+    for dim in args.speed_dims:
         for label, build, bf16_on, graph_on in variants:
             try:
                 row = {"name": f"{label} dim={dim}", **measure(label, build(dim=dim), True, device, args.speed_batch, 28, 0, 0, 20,
