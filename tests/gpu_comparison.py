@@ -195,8 +195,8 @@ def main() -> None:
     parser.add_argument("--extra-seeds", type=int, nargs="*", default=[1, 2], help="more draws of DDIM and ancestral, if time allows")
     parser.add_argument("--deadline", type=float, default=560.0, help="seconds after which optional parts are skipped")
     parser.add_argument("--skip-library", action="store_true", help="train and score only the project's model")
-    parser.add_argument("--dropout", type=float, default=0.0,
-                        help="dropout in our U-Net's ResNet blocks while training (the notebook's DROPOUT; shipped: 0)")
+    parser.add_argument("--dropout", type=float, default=0.1,
+                        help="dropout in our U-Net's ResNet blocks while training (the notebook's GPU_DROPOUT, as shipped)")
     parser.add_argument("--output-dir", default="gpu_results")
     args = parser.parse_args()
     if 32 not in args.speed_dims:

@@ -1,5 +1,8 @@
 """The DDPM weights shipped in data/ load into the notebook's own U-Net and predict noise far better than chance."""
 
+import ast
+import json
+
 import pytest
 import torch
 
@@ -42,8 +45,32 @@ def test_loading_with_another_configuration_says_what_differs(unet_class):
 
 def test_shipped_weights_say_how_they_were_trained():
     run = hf.weights_metadata(WEIGHTS)
-    assert run["ema_decay"] == 0.995 and run["batch_size"] == 128
+    assert run["batch_size"] == 128
     assert run["steps"] > 1000 and 0 < run["train_seconds"] <= 200  # 3 minutes of the notebook's GPU training
     assert run["device_name"].startswith("NVIDIA")
     losses = run["losses"]
     assert 100 <= len(losses) <= 4000 and losses[0] > 0.5 and sum(losses[-50:]) / 50 < 0.05  # starts near 1, ends low
+
+
+def notebook_settings(notebook: str) -> dict:
+    """The NAME = literal assignments of a notebook's configuration cell (the code cell that sets SEED)."""
+    cells = json.loads((hf.DATA_DIR.parent / notebook).read_text())["cells"]
+    source = next("".join(cell["source"]) for cell in cells if cell["cell_type"] == "code" and "SEED = " in "".join(cell["source"]))
+    settings = {}
+    for statement in ast.parse(source).body:
+        if not isinstance(statement, ast.Assign):
+            continue
+        target, value = statement.targets[0], statement.value
+        pairs = zip(target.elts, value.elts) if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) else [(target, value)]
+        for name, expression in pairs:
+            try:
+                settings[name.id] = ast.literal_eval(expression)
+            except ValueError:  # an expression such as `16 if SMOKE_TEST else 3000`: not a setting to compare
+                pass
+    return settings
+
+
+def test_shipped_weights_match_the_notebook_settings_that_made_them():
+    settings, run = notebook_settings("DDPM.ipynb"), hf.weights_metadata(WEIGHTS)
+    assert run["ema_decay"] == settings["EMA_DECAY"] and run["dropout"] == settings["GPU_DROPOUT"]
+    assert run["batch_size"] == settings["GPU_BATCH_SIZE"] and run["ema_decay"] in settings["EMA_DECAYS"]
