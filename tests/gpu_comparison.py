@@ -13,8 +13,9 @@ where there is a network, then `pip install --no-index --no-deps wheels/*.whl` t
 Both models train on the 5,000 shipped digits, for the same wall-clock time, on the same device:
 - ours: the DDPM notebook's own `Unet`, `EMA`, `random_batches` and `train_ddpm` (run from DDPM.ipynb), at the
   notebook's GPU settings (batch 128, Adam 1e-3 with 200 warm-up steps and a cosine decay, dropout 0.1, EMA 0.995
-  and 0.999 side by side, plus 0.9995 for the record), on the fastest path the speed table of the same run measured: the
-  training step replayed from a CUDA graph (as the notebook does on a GPU), in float32 or bfloat16 autocast;
+  and 0.999 side by side, plus 0.9995 for the record), on the fastest path the speed table of the same run
+  measured: the training step replayed from a CUDA graph (as the notebook does on a GPU), in float32 or bfloat16
+  autocast;
 - the library: `Unet(dim=64, channels=1, dim_mults=(1, 2, 4))` in `GaussianDiffusion(timesteps=1000,
   objective="pred_noise", beta_schedule="linear")`, batch 128, tuned as well as we know how: Adam 1e-3 with 200
   linear warm-up steps, gradient clipping at 1 and the betas of its own Trainer, ema-pytorch's EMA with decay 0.999

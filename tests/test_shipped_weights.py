@@ -45,7 +45,6 @@ def test_loading_with_another_configuration_says_what_differs(unet_class):
 
 def test_shipped_weights_say_how_they_were_trained():
     run = hf.weights_metadata(WEIGHTS)
-    assert run["batch_size"] == 128
     assert run["steps"] > 1000 and 0 < run["train_seconds"] <= 200  # 3 minutes of the notebook's GPU training
     assert run["device_name"].startswith("NVIDIA")
     losses = run["losses"]
