@@ -1,18 +1,42 @@
-"""Run a notebook's definitions outside Jupyter, so tests and scripts use the very models and loops it defines."""
+"""Run a notebook's definitions outside Jupyter, so tests and scripts use the very models and loops it defines,
+and read its configuration cell's settings."""
 
+import ast
 import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def code_cells(notebook: str) -> list[dict]:
+    """The notebook's code cells, in order, as saved."""
+    return [cell for cell in json.loads((ROOT / notebook).read_text())["cells"] if cell["cell_type"] == "code"]
+
+
 def notebook_classes(notebook: str) -> dict:
     """Namespace after running the notebook's first code cell (its imports) and every code cell that starts with
     `class` or `def` (its models, training loop and small functions), in order. No other cell runs."""
-    cells = [cell for cell in json.loads((ROOT / notebook).read_text())["cells"] if cell["cell_type"] == "code"]
     namespace: dict = {}
-    for index, cell in enumerate(cells):
+    for index, cell in enumerate(code_cells(notebook)):
         source = "".join(cell["source"])
         if index == 0 or source.lstrip().startswith(("class ", "def ")):
             exec(compile(source, f"{notebook}:{cell.get('id', '?')}", "exec"), namespace)
     return namespace
+
+
+def notebook_settings(notebook: str) -> dict:
+    """The NAME = literal assignments of the notebook's configuration cell (the code cell that sets SEED), read
+    without running it; a name set by an expression (`16 if SMOKE_TEST else 3000`) is left out."""
+    source = next(source for source in ("".join(cell["source"]) for cell in code_cells(notebook)) if "SEED = " in source)
+    settings = {}
+    for statement in ast.parse(source).body:
+        if not isinstance(statement, ast.Assign):
+            continue
+        target, value = statement.targets[0], statement.value
+        pairs = zip(target.elts, value.elts) if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) else [(target, value)]
+        for name, expression in pairs:
+            try:
+                settings[name.id] = ast.literal_eval(expression)
+            except ValueError:  # not a literal: not a setting to compare
+                pass
+    return settings

@@ -8,12 +8,12 @@ not process carriage returns prints every one of them (a hundred lines of "train
 """
 
 import re
-from pathlib import Path
 
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from notebook_code import ROOT
+
 NOTEBOOKS = ["toy_diffusion.ipynb", "DDPM.ipynb"]
 MAX_BYTES = 3 * 1024 * 1024
 MACHINE_PATH = re.compile(r"(/work/|/home/|/root/|/Users/|/tmp/|[A-Z]:\\Users\\)")

@@ -1,13 +1,10 @@
 """The DDPM weights shipped in data/ load into the notebook's own U-Net and predict noise far better than chance."""
 
-import ast
-import json
-
 import pytest
 import torch
 
 import helper_functions as hf
-from notebook_code import notebook_classes
+from notebook_code import notebook_classes, notebook_settings
 
 WEIGHTS = hf.DATA_DIR / "ddpm_mnist_ema.pt"
 CONFIG = {"dim": 32, "dim_mults": [1, 2, 4], "T": 1000, "beta_start": 1e-4, "beta_end": 0.02, "image_size": 28}
@@ -49,24 +46,6 @@ def test_shipped_weights_say_how_they_were_trained():
     assert run["device_name"].startswith("NVIDIA")
     losses = run["losses"]
     assert 100 <= len(losses) <= 4000 and losses[0] > 0.5 and sum(losses[-50:]) / 50 < 0.05  # starts near 1, ends low
-
-
-def notebook_settings(notebook: str) -> dict:
-    """The NAME = literal assignments of a notebook's configuration cell (the code cell that sets SEED)."""
-    cells = json.loads((hf.DATA_DIR.parent / notebook).read_text())["cells"]
-    source = next("".join(cell["source"]) for cell in cells if cell["cell_type"] == "code" and "SEED = " in "".join(cell["source"]))
-    settings = {}
-    for statement in ast.parse(source).body:
-        if not isinstance(statement, ast.Assign):
-            continue
-        target, value = statement.targets[0], statement.value
-        pairs = zip(target.elts, value.elts) if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) else [(target, value)]
-        for name, expression in pairs:
-            try:
-                settings[name.id] = ast.literal_eval(expression)
-            except ValueError:  # an expression such as `16 if SMOKE_TEST else 3000`: not a setting to compare
-                pass
-    return settings
 
 
 def test_shipped_weights_match_the_notebook_settings_that_made_them():
