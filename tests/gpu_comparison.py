@@ -46,10 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import helper_functions as hf  # noqa: E402
 from benchmark import matmul_peak, measure, synchronize  # noqa: E402
-from notebook_code import notebook_classes  # noqa: E402
+from notebook_code import notebook_classes, notebook_weights_config  # noqa: E402
 
-# The DDPM notebook's settings (its configuration cell): the shipped weights must match WEIGHTS_CONFIG.
-WEIGHTS_CONFIG = {"dim": 32, "dim_mults": [1, 2, 4], "T": 1000, "beta_start": 1e-4, "beta_end": 0.02, "image_size": 28}
+# The DDPM notebook's settings, read from its configuration cell: the weights this script writes carry them.
+WEIGHTS_CONFIG = notebook_weights_config("DDPM.ipynb")
 OURS = {"batch_size": 128, "peak_lr": 1e-3, "warmup_steps": 200, "grad_clip": 1.0, "ema_decays": (0.995, 0.999, 0.9995)}
 LIBRARY = {"dim": 64, "batch_size": 128, "lr": 1e-3, "warmup_steps": 200, "grad_clip": 1.0, "ema_decay": 0.999}
 

@@ -27,7 +27,8 @@ def notebook_classes(notebook: str) -> dict:
 def notebook_settings(notebook: str) -> dict:
     """The NAME = literal assignments of the notebook's configuration cell (the code cell that sets SEED), read
     without running it; a name set by an expression (`16 if SMOKE_TEST else 3000`) is left out."""
-    source = next(source for source in ("".join(cell["source"]) for cell in code_cells(notebook)) if "SEED = " in source)
+    sources = ("".join(cell["source"]) for cell in code_cells(notebook))
+    source = next(text for text in sources if "SEED = " in text)
     settings = {}
     for statement in ast.parse(source).body:
         if not isinstance(statement, ast.Assign):
@@ -40,3 +41,11 @@ def notebook_settings(notebook: str) -> dict:
             except ValueError:  # not a literal: not a setting to compare
                 pass
     return settings
+
+
+def notebook_weights_config(notebook: str = "DDPM.ipynb") -> dict:
+    """The configuration the DDPM notebook saves with its weights and checks on loading (its `weights_config`),
+    built from its configuration cell, so scripts and tests never keep a copy of their own."""
+    settings = notebook_settings(notebook)
+    return {"dim": settings["DIM"], "dim_mults": list(settings["DIM_MULTS"]), "T": settings["T"],
+            "beta_start": settings["BETA_START"], "beta_end": settings["BETA_END"], "image_size": settings["IMAGE_SIZE"]}

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import helper_functions as hf
-from notebook_code import notebook_classes, notebook_settings
+from notebook_code import notebook_classes, notebook_settings, notebook_weights_config
 
 WEIGHTS = hf.DATA_DIR / "ddpm_mnist_ema.pt"
-CONFIG = {"dim": 32, "dim_mults": [1, 2, 4], "T": 1000, "beta_start": 1e-4, "beta_end": 0.02, "image_size": 28}
+CONFIG = notebook_weights_config()  # what DDPM.ipynb saves with its weights and checks on loading
 
 
 @pytest.fixture(scope="module")
