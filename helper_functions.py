@@ -1,11 +1,16 @@
 """Shared helpers for the Diffusion Playground notebooks.
 
-Sections, in the order a reader meets them: setup, data, noising, schedules, plotting, sampling, measuring.
+Sections, in the order the notebooks use them: setup, data, noising, schedules and the forward process, sampling,
+measuring, plotting and files, and last the optional fast paths (bfloat16, CUDA graphs).
 Every function takes what it needs as arguments; nothing here reads a notebook's globals.
+
+Names: T is the number of diffusion timesteps the model was trained on, `steps` the number a sampler takes; eps is
+the noise of the forward process (q_sample), z the fresh noise of a reverse step (p_sample).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import random
@@ -27,8 +32,11 @@ from torchvision.utils import make_grid
 from tqdm import tqdm
 
 PROJECT_DIR = Path(__file__).resolve().parent
-DATA_DIR = PROJECT_DIR / "data"
+DATA_DIR = PROJECT_DIR / "data"          # shipped files: the data subset, the weights, the classifier, the figures
+RUNS_DIR = PROJECT_DIR / "runs"          # git-ignored: what a reader's own runs write
 SUBSET_PATH = DATA_DIR / "mnist_5k.npz"
+SHIPPED_WEIGHTS_PATH = DATA_DIR / "ddpm_mnist_ema.pt"
+CLASSIFIER_PATH = DATA_DIR / "mnist_classifier.pt"
 
 SMOKE_TEST_ENV = "SMOKE_TEST"
 OFFLINE_DATA_ENV = "PLAYGROUND_OFFLINE_DATA"
@@ -43,7 +51,6 @@ def is_smoke_test(environ: dict | None = None) -> bool:
     environ = os.environ if environ is None else environ
     return environ.get(SMOKE_TEST_ENV) == "1" or "CI" in environ
 
-
 def choose_device(verbose: bool = True) -> torch.device:
     """Pick cuda, then mps, then cpu, and print the choice on one line."""
     if torch.cuda.is_available():
@@ -56,18 +63,15 @@ def choose_device(verbose: bool = True) -> torch.device:
         print(f"Using device: {device}")
     return device
 
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch (all devices) so that a run repeats."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of trainable parameters of a model."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -82,14 +86,12 @@ def offline_data_forced(environ: dict | None = None) -> bool:
     environ = os.environ if environ is None else environ
     return environ.get(OFFLINE_DATA_ENV) == "1"
 
-
 def load_mnist_subset(path: Path | str = SUBSET_PATH) -> tuple[torch.Tensor, torch.Tensor]:
     """The shipped 5,000 real MNIST digits: images (N, 1, 28, 28) in [0, 1] and labels (N,)."""
     with np.load(path) as archive:
         images = torch.from_numpy(archive["images"]).float().div(255.0).unsqueeze(1)
         labels = torch.from_numpy(archive["labels"]).long()
     return images, labels
-
 
 def _host_reachable(url: str, timeout: float) -> bool:
     """Whether a TCP connection to url's host opens within timeout seconds (DNS included)."""
@@ -109,7 +111,6 @@ def _host_reachable(url: str, timeout: float) -> bool:
     thread.start()
     thread.join(timeout)
     return result["ok"]
-
 
 def load_dataset(
     name: str = "mnist",
@@ -161,7 +162,6 @@ def load_dataset(
     print(f"Loaded {name} ({'train' if train else 'test'}) through torchvision: {len(images):,} images.")
     return images, labels
 
-
 def take_subset(
     images: torch.Tensor, labels: torch.Tensor, count: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,8 +172,7 @@ def take_subset(
     order = torch.randperm(len(images), generator=generator)[: min(count, len(images))]
     return images[order], labels[order]
 
-
-# ----------------------------------------------------------------------------- noising
+# ----------------------------------------------------------------------------- noising (the toy model)
 
 
 def corrupt(x: torch.Tensor, amount: torch.Tensor | float, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -202,24 +201,23 @@ def corrupt(x: torch.Tensor, amount: torch.Tensor | float, noise: torch.Tensor |
     a = amount.view(-1, *([1] * (x.dim() - 1)))  # (B,) -> (B, 1, 1, 1) to broadcast over pixels
     return x * (1 - a) + noise * a
 
-
 # ----------------------------------------------------------------------------- schedules and the forward process (DDPM)
 
 
-def linear_beta_schedule(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+def linear_beta_schedule(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """Ho et al.'s schedule: beta_t rising linearly from beta_start to beta_end over T steps (float64 maths, float32 result)."""
-    if timesteps < 1:
-        raise ValueError(f"timesteps must be at least 1, got {timesteps}")
+    if T < 1:
+        raise ValueError(f"T (the number of diffusion timesteps) must be at least 1, got {T}")
     if not 0 < beta_start <= beta_end < 1:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}")
-    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64).float()
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64).float()
 
 
-def cosine_beta_schedule(timesteps: int, s: float = 0.008) -> torch.Tensor:
+def cosine_beta_schedule(T: int, s: float = 0.008) -> torch.Tensor:
     """Nichol & Dhariwal's schedule: alphas_cumprod follows cos^2, betas from its ratios, clipped at 0.999."""
-    if timesteps < 1:
-        raise ValueError(f"timesteps must be at least 1, got {timesteps}")
-    t = torch.linspace(0, timesteps, timesteps + 1, dtype=torch.float64) / timesteps
+    if T < 1:
+        raise ValueError(f"T (the number of diffusion timesteps) must be at least 1, got {T}")
+    t = torch.linspace(0, T, T + 1, dtype=torch.float64) / T
     f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
     alphas_cumprod = f / f[0]
     # beta_t = 1 - alphas_cumprod_t / alphas_cumprod_{t-1} (Improved DDPM, eq. 17), clipped to avoid beta = 1 at the end
@@ -230,7 +228,7 @@ def cosine_beta_schedule(timesteps: int, s: float = 0.008) -> torch.Tensor:
 class NoiseSchedule:
     """Every per-timestep constant of DDPM's forward and reverse processes, computed once in float64, kept as float32.
 
-    Timesteps are 0-based: index t = 0 ... T-1 holds the paper's step t + 1.
+    Timesteps are 0-based: code index t = 0 ... T-1 holds the paper's step t + 1.
     """
 
     def __init__(self, betas: torch.Tensor):
@@ -251,9 +249,7 @@ class NoiseSchedule:
             "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
             "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
             "sqrt_recip_alphas": alphas.rsqrt(),
-            "sqrt_recip_alphas_cumprod": alphas_cumprod.rsqrt(),
-            "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1.0).sqrt(),
-            # beta_tilde_t = (1 - alphas_cumprod_prev) / (1 - alphas_cumprod) * beta_t  (eq. 7); 0 at t = 0
+            # beta_tilde_t = (1 - alphas_cumprod_prev) / (1 - alphas_cumprod) * beta_t  (eq. 7); 0 at the paper's t = 1
             "posterior_variance": betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
             # mu_tilde_t = coef1 x_0 + coef2 x_t  (eq. 7)
             "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
@@ -261,7 +257,7 @@ class NoiseSchedule:
         }
         for name, value in values.items():
             setattr(self, name, value.float())
-        self.timesteps = len(betas)
+        self.T = len(betas)
         self.names = tuple(values)
 
     def to(self, device: torch.device | str) -> "NoiseSchedule":
@@ -271,15 +267,14 @@ class NoiseSchedule:
         return self
 
     def __repr__(self) -> str:
-        return f"NoiseSchedule(T={self.timesteps}, beta from {self.betas[0]:.4g} to {self.betas[-1]:.4g})"
+        return f"NoiseSchedule(T={self.T}, beta from {self.betas[0]:.4g} to {self.betas[-1]:.4g})"
 
 
 def extract(constants: torch.Tensor, t: torch.Tensor, x_shape: Sequence[int]) -> torch.Tensor:
     """Pick constants[t] for a batch of timesteps t (B,) and shape it (B, 1, 1, ...) to broadcast over x."""
     return constants.to(t.device)[t].view(-1, *([1] * (len(x_shape) - 1)))
 
-
-def check_timesteps(t: torch.Tensor, batch_size: int, timesteps: int) -> None:
+def check_timesteps(t: torch.Tensor, batch_size: int, T: int) -> None:
     """Raise a clear error unless t is an integer tensor (B,) with values in 0 ... T-1.
 
     The values are checked only for CPU tensors: reading them off a GPU would make it wait at every training step
@@ -289,33 +284,382 @@ def check_timesteps(t: torch.Tensor, batch_size: int, timesteps: int) -> None:
         raise ValueError(f"timesteps t must be an integer tensor, got {t.dtype}")
     if t.shape != (batch_size,):
         raise ValueError(f"need one timestep per image, shape ({batch_size},), got {tuple(t.shape)}")
-    if t.device.type == "cpu" and t.numel() and (t.min() < 0 or t.max() >= timesteps):
-        raise ValueError(f"timesteps are 0-based: t must lie in 0 ... {timesteps - 1}, got {t.min().item()} ... {t.max().item()}")
+    if t.device.type == "cpu" and t.numel() and (t.min() < 0 or t.max() >= T):
+        raise ValueError(f"timesteps are 0-based: t must lie in 0 ... {T - 1}, got {t.min().item()} ... {t.max().item()}")
 
 
-def sample_timesteps(batch_size: int, timesteps: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_timesteps(batch_size: int, T: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
     """t ~ Uniform{0, ..., T-1}, one per image (Algorithm 1, line 3, 0-based)."""
-    return torch.randint(0, timesteps, (batch_size,), device=device, generator=generator)
+    return torch.randint(0, T, (batch_size,), device=device, generator=generator)
 
 
-def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Draw x_t ~ q(x_t | x_0) in closed form: x_t = sqrt(alphas_cumprod_t) x0 + sqrt(1 - alphas_cumprod_t) eps (DDPM eq. 4)."""
-    check_timesteps(t, x0.shape[0], schedule.timesteps)
-    if noise is None:
-        noise = torch.randn_like(x0)
-    elif noise.shape != x0.shape:
-        raise ValueError(f"noise shape {tuple(noise.shape)} does not match x0 shape {tuple(x0.shape)}")
-    return extract(schedule.sqrt_alphas_cumprod, t, x0.shape) * x0 + extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise
+def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """Draw x_t ~ q(x_t | x_0) in closed form (DDPM eq. 4); eps ~ N(0, I) is drawn unless given."""
+    check_timesteps(t, x0.shape[0], schedule.T)
+    if eps is None:
+        eps = torch.randn_like(x0)
+    elif eps.shape != x0.shape:
+        raise ValueError(f"eps shape {tuple(eps.shape)} does not match x0 shape {tuple(x0.shape)}")
+    # x_t = sqrt(alphas_cumprod_t) x0 + sqrt(1 - alphas_cumprod_t) eps
+    return extract(schedule.sqrt_alphas_cumprod, t, x0.shape) * x0 + extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0.shape) * eps
 
 
-# ----------------------------------------------------------------------------- plotting
+# ----------------------------------------------------------------------------- sampling
+
+
+@torch.no_grad()
+def toy_sample(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    steps: int,
+    shape: Sequence[int],
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+    """The toy sampler: start from uniform noise, move 1/(steps - i) of the way to the model's prediction at step i.
+
+    Returns the final images and a history {"inputs": [...], "predictions": [...]} with one entry per step (on the CPU).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    z = torch.rand(tuple(shape), generator=generator, device="cpu").to(device)
+    history: dict[str, list[torch.Tensor]] = {"inputs": [], "predictions": []}
+    for i in range(steps):
+        prediction = model(z)
+        history["inputs"].append(z.detach().cpu())
+        history["predictions"].append(prediction.detach().cpu())
+        mix = 1.0 / (steps - i)  # m_i = 1 / (n - i): the last step has m = 1 and returns the prediction itself
+        z = z * (1 - mix) + prediction * mix
+    return z, history
+
+
+REVERSE_VARIANCES = ("posterior", "beta")
+
+
+def _standard_normal(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, I) noise of shape on like's device; drawn from generator (on its own device) when one is given."""
+    if generator is None:
+        return torch.randn(tuple(shape), device=like.device, dtype=like.dtype)
+    return torch.randn(tuple(shape), generator=generator, device=generator.device).to(like.device, like.dtype)
+
+@torch.inference_mode()
+def p_sample(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x_t: torch.Tensor,
+    t: int,
+    schedule: NoiseSchedule,
+    z: torch.Tensor | None = None,
+    variance: str = "posterior",
+    generator: torch.Generator | None = None,
+    noise_scale: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """One step of Algorithm 2 at code index t (the paper's t + 1): x_{t-1} = mu_theta(x_t, t) + sigma_t z.
+
+    sigma_t^2 is beta_tilde_t (variance="posterior") or beta_t (variance="beta"); z = 0 at index 0 (the paper's t = 1).
+    z ~ N(0, I) is drawn from generator unless given. noise_scale (a number, or one per image) multiplies sigma_t, to
+    show what too little or too much fresh noise does.
+    """
+    if variance not in REVERSE_VARIANCES:
+        raise ValueError(f"variance must be one of {REVERSE_VARIANCES}, got {variance!r}")
+    if not 0 <= t < schedule.T:
+        raise ValueError(f"timesteps are 0-based: t must lie in 0 ... {schedule.T - 1}, got {t}")
+    t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+    eps_theta = model(x_t, t_batch).to(x_t.dtype)
+    # mu_theta(x_t, t) = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alphas_cumprod_t) eps_theta)  (eq. 11)
+    mean = schedule.sqrt_recip_alphas[t] * (x_t - schedule.betas[t] / schedule.sqrt_one_minus_alphas_cumprod[t] * eps_theta)
+    if t == 0:
+        return mean  # Algorithm 2, line 3: z = 0 at the last step
+    sigma_squared = schedule.posterior_variance[t] if variance == "posterior" else schedule.betas[t]
+    if z is None:
+        z = _standard_normal(x_t.shape, x_t, generator)
+    scale = torch.as_tensor(noise_scale, dtype=x_t.dtype, device=x_t.device)
+    if scale.dim() == 1:
+        scale = scale.view(-1, *([1] * (x_t.dim() - 1)))  # one scale per image
+    return mean + scale * sigma_squared.sqrt() * z
+
+
+@torch.inference_mode()
+def ddpm_sample(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    schedule: NoiseSchedule,
+    shape: Sequence[int],
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    variance: str = "posterior",
+    frames_at: Sequence[int] = (),
+    progress: bool = True,
+    noise_scale: float | torch.Tensor = 1.0,
+) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Algorithm 2 in full: x_T ~ N(0, I), then p_sample at code index t = T-1 ... 0; returns the final images.
+
+    With frames_at, also returns {t: x_t on the CPU}: the images as they enter step t (T-1 is the pure noise).
+    """
+    frames_at = set(frames_at)
+    bad = [t for t in frames_at if not 0 <= t < schedule.T]
+    if bad:
+        raise ValueError(f"frames_at must lie in 0 ... {schedule.T - 1}, got {sorted(bad)}")
+    x = _standard_normal(shape, torch.empty(0, device=device), generator)  # x_T ~ N(0, I)
+    frames: dict[int, torch.Tensor] = {}
+    for t in tqdm(reversed(range(schedule.T)), total=schedule.T, desc="sampling", disable=not progress, mininterval=2):
+        if t in frames_at:
+            frames[t] = x.cpu()
+        x = p_sample(model, x, t, schedule, variance=variance, generator=generator, noise_scale=noise_scale)
+    return (x, frames) if frames_at else x
+
+
+def spaced_timesteps(T: int, steps: int) -> torch.Tensor:
+    """tau: `steps` evenly spaced code indices from 0 to T-1, ascending, for samplers that skip timesteps."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must lie in 1 ... {T} (the trained timesteps), got {steps}")
+    return torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()
+
+
+@torch.inference_mode()
+def ddim_sample(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    schedule: NoiseSchedule,
+    shape: Sequence[int],
+    steps: int,
+    eta: float = 0.0,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2020, eq. 12) on `steps` evenly spaced timesteps tau of the trained eps-model.
+
+    The DDIM paper writes alpha_t for DDPM's alphas_cumprod (abar); the code keeps DDPM's name. eta = 0 is
+    deterministic given x_T; eta = 1 is DDPM's ancestral sampler on the same timesteps (the same images as
+    ddpm_sample on `respaced` for the same generator).
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be non-negative (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
+    taus = spaced_timesteps(schedule.T, int(steps)).flip(0).tolist()  # from T-1 down to 0
+    x = _standard_normal(shape, torch.empty(0, device=device), generator)  # x_T ~ N(0, I)
+    alphas_cumprod = schedule.alphas_cumprod.to(device)
+    for i, t in enumerate(tqdm(taus, desc=f"DDIM {steps} steps", disable=not progress, mininterval=2)):
+        abar_t = alphas_cumprod[t]
+        abar_prev = alphas_cumprod[taus[i + 1]] if i + 1 < len(taus) else torch.ones((), device=device)
+        eps_theta = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).to(x.dtype)
+        # x0_hat = (x_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t)  (eq. 12, "predicted x0")
+        x0_hat = (x - (1 - abar_t).sqrt() * eps_theta) / abar_t.sqrt()
+        # sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)  (eq. 16)
+        sigma = eta * ((1 - abar_prev) / (1 - abar_t)).sqrt() * (1 - abar_t / abar_prev).sqrt()
+        # x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_theta + sigma z  (eq. 12)
+        x = abar_prev.sqrt() * x0_hat + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps_theta
+        if eta > 0 and i + 1 < len(taus):
+            x = x + sigma * _standard_normal(x.shape, x, generator)
+    return x
+
+
+def respaced(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: NoiseSchedule, steps: int
+             ) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], NoiseSchedule]:
+    """DDPM on `steps` evenly spaced timesteps tau_i: a schedule with beta_i = 1 - abar_{tau_i} / abar_{tau_{i-1}}
+    (same alphas_cumprod at the kept steps) and a model wrapper that maps index i back to the trained timestep tau_i.
+    """
+    taus = spaced_timesteps(schedule.T, steps)
+    alphas_cumprod = schedule.alphas_cumprod.double().cpu()[taus]
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    short_schedule = NoiseSchedule((1 - alphas_cumprod / previous).clamp(max=0.999))
+
+    def respaced_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x, taus.to(t.device)[t])
+
+    return respaced_model, short_schedule
+
+
+def sample_in_batches(sampler: Callable[[int], torch.Tensor], n: int, batch_size: int) -> torch.Tensor:
+    """n samples as sampler(size) calls of at most batch_size images each, concatenated on the CPU.
+
+    A GPU samples fastest in one large batch, a CPU in batches small enough to stay in its caches. Give the sampler
+    one generator shared by all calls, and the result is reproducible for a given batch_size.
+    """
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"n and batch_size must be positive, got n={n}, batch_size={batch_size}")
+    return torch.cat([sampler(min(batch_size, n - first)).cpu() for first in range(0, n, batch_size)])
+
+
+# ----------------------------------------------------------------------------- measuring
+
+HELD_OUT_PER_CLASS = 100
+
+
+class MnistClassifier(torch.nn.Module):
+    """A LeNet-sized CNN for 28x28 digits in [0, 1]; its 64-d penultimate layer is the feature space of the measure.
+
+    64 features (not Inception's 2048) so that a few hundred samples estimate their covariance well.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 24, 3)   # 26 x 26
+        self.conv2 = torch.nn.Conv2d(24, 24, 3)  # 24 x 24 -> pool 12 x 12
+        self.conv3 = torch.nn.Conv2d(24, 48, 3)  # 10 x 10
+        self.conv4 = torch.nn.Conv2d(48, 48, 3)  # 8 x 8 -> pool 4 x 4
+        self.fc = torch.nn.Linear(48 * 4 * 4, 64)
+        self.dropout = torch.nn.Dropout(0.3)
+        self.head = torch.nn.Linear(64, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate activations (B, 64)."""
+        h = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        h = F.max_pool2d(F.relu(self.conv4(F.relu(self.conv3(h)))), 2)
+        return F.relu(self.fc(h.flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+def split_held_out(labels: torch.Tensor, per_class: int = HELD_OUT_PER_CLASS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, held_out) with per_class random digits of each class held out, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().flatten()
+        if len(members) <= per_class:
+            raise ValueError(f"class {c} has {len(members)} images, fewer than the {per_class} to hold out")
+        held.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    held_out = torch.cat(held).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[held_out] = False
+    return mask.nonzero().flatten(), held_out
+
+def load_classifier(path: Path | str = CLASSIFIER_PATH) -> MnistClassifier:
+    """The shipped measuring classifier (weights_only load), in eval mode."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = MnistClassifier()
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two feature sets (N, D), in float64."""
+    a, b = features_a.double(), features_b.double()
+    if a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need two sets of at least 2 feature vectors of the same size, got {tuple(a.shape)} and {tuple(b.shape)}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    # Tr((S_a S_b)^(1/2)) = sum of sqrt(eigenvalues of S_a^(1/2) S_b S_a^(1/2)), a symmetric PSD matrix
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov_a)
+    sqrt_a = eigenvectors @ torch.diag(eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
+    trace_sqrt = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
+    return ((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt).item()
+
+def nearest_distances(queries: torch.Tensor, references: torch.Tensor, exclude_self: bool = False,
+                      exclude_identical: bool = False) -> torch.Tensor:
+    """Pixel L2 distance from each query image to its nearest reference image.
+
+    exclude_self: the queries are the references (skip the diagonal); exclude_identical: skip exact matches
+    (distance below 1e-3), for real digits that are themselves among the references.
+    """
+    q, r = queries.flatten(1).double(), references.flatten(1).double()
+    out = []
+    for first in range(0, len(q), 500):
+        d = torch.cdist(q[first:first + 500], r)
+        if exclude_self:
+            d[torch.arange(len(d)), torch.arange(first, first + len(d))] = float("inf")
+        if exclude_identical:
+            d[d < 1e-3] = float("inf")  # cdist's matrix-product form leaves ~1e-7 for identical images
+        out.append(d.min(1).values)
+    return torch.cat(out).float()
+
+class QualityReference:
+    """What sample_quality compares against: the classifier, real features, the training images and a copy threshold.
+
+    The real digits are split in two class-balanced halves: `reference` (the FD's real statistics) and `holdout`
+    (real digits scored like samples, for the real-vs-real floor). The copy threshold is the `copy_quantile`
+    quantile of the distances from each training digit to its nearest other training digit.
+    """
+
+    def __init__(self, classifier: MnistClassifier, real_images: torch.Tensor, real_labels: torch.Tensor,
+                 training_images: torch.Tensor | None = None, copy_quantile: float = 0.05, seed: int = 0):
+        self.classifier = classifier.eval()
+        half, other = split_held_out(real_labels, per_class=int((real_labels == real_labels[0]).sum()) // 2, seed=seed)
+        self.holdout_images, self.reference_images = real_images[half], real_images[other]
+        self.reference_features = self.features(self.reference_images)
+        self.training_images = real_images if training_images is None else training_images
+        self.copy_quantile = copy_quantile
+        self.copy_threshold = nearest_distances(self.training_images, self.training_images, exclude_self=True).quantile(copy_quantile).item()
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Classifier features of images in [0, 1]."""
+        return torch.cat([self.classifier.features(chunk) for chunk in images.float().split(1000)])
+
+@torch.inference_mode()
+def sample_quality(samples: torch.Tensor, reference: QualityReference, value_range: tuple[float, float] = (-1.0, 1.0),
+                   real_digits: bool = False) -> dict[str, float]:
+    """Classifier FD (lower is better), mean confidence, class spread (1 = all ten classes equally), copy fraction.
+
+    copy_fraction: share of samples nearer (pixel L2) to a training image than `copy_quantile` of real digits are to
+    their nearest neighbour; real digits score about copy_quantile, a model that copies its training set more.
+    real_digits=True scores real digits that may be training images themselves (their exact match is skipped).
+    """
+    if samples.dim() != 4 or samples.shape[1:] != (1, 28, 28):
+        raise ValueError(f"samples must be (N, 1, 28, 28), got {tuple(samples.shape)}")
+    if len(samples) < 2:
+        raise ValueError(f"need at least 2 samples to estimate a covariance, got {len(samples)}")
+    images = to_unit_range(samples, value_range)
+    features = reference.features(images)
+    probabilities = reference.classifier.head(features).softmax(1)
+    histogram = torch.bincount(probabilities.argmax(1), minlength=10).double() / len(images)
+    entropy = -(histogram[histogram > 0] * histogram[histogram > 0].log()).sum()
+    copies = nearest_distances(images, reference.training_images, exclude_identical=real_digits) < reference.copy_threshold
+    return {
+        "classifier_fd": frechet_distance(features, reference.reference_features),
+        "confidence": probabilities.max(1).values.mean().item(),
+        "class_spread": max(0.0, (entropy / math.log(10)).item()),
+        "copy_fraction": copies.float().mean().item(),
+        "n": len(images),
+    }
+
+def score_sampler(sampler: Callable[[int, torch.Generator], torch.Tensor], reference: QualityReference, n: int,
+                  batch_size: int, seed: int, device: torch.device | str = "cpu") -> tuple[dict[str, float], float]:
+    """Draw n samples as sampler(size, generator) calls of at most batch_size images, all from one generator seeded
+    with seed on device, clamp them to [-1, 1] and score them: returns (sample_quality's figures, seconds to sample).
+
+    The same seed gives every sampler the same starting noise x_T for its first batch.
+    """
+    start = time.perf_counter()
+    generator = torch.Generator(device).manual_seed(seed)
+    samples = sample_in_batches(lambda size: sampler(size, generator), n, batch_size).clamp(-1, 1)
+    seconds = time.perf_counter() - start  # sample_in_batches moved the samples to the CPU: the device has finished
+    return sample_quality(samples, reference), seconds
+
+def reference_scores(reference: QualityReference, n: int, seed: int = 0, draws: int = 10) -> dict[str, dict[str, float]]:
+    """The same measure for real held-out digits (the floor to aim at) and for n images of pure uniform noise.
+
+    One draw of n real digits is a noisy floor, so "real" is the mean of `draws` random draws of n held-out digits
+    (draws may share digits when n is large), with "classifier_fd_sd", the spread of the FD between draws, beside
+    it: about how far any single FD at this n can move by chance.
+    """
+    if n > len(reference.holdout_images):
+        raise ValueError(f"only {len(reference.holdout_images)} held-out real digits; ask for n <= that")
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    generator = torch.Generator().manual_seed(seed)
+    per_draw = []
+    for _ in range(draws):
+        real = reference.holdout_images[torch.randperm(len(reference.holdout_images), generator=generator)[:n]]
+        per_draw.append(sample_quality(real, reference, value_range=(0, 1), real_digits=True))
+    real_scores = {key: sum(draw[key] for draw in per_draw) / draws for key in per_draw[0] if key != "n"}
+    fds = torch.tensor([draw["classifier_fd"] for draw in per_draw], dtype=torch.float64)
+    real_scores |= {"n": n, "draws": draws, "classifier_fd_sd": fds.std().item() if draws > 1 else 0.0}
+    noise = torch.rand(n, 1, 28, 28, generator=generator)
+    return {"real": real_scores, "noise": sample_quality(noise, reference, value_range=(0, 1))}
+
+
+def format_quality(name: str, scores: dict[str, float]) -> str:
+    """One aligned line of the measure, for printing tables (a floor averaged over draws says so at the end)."""
+    line = (f"{name:<34s} FD {scores['classifier_fd']:8.2f}   confidence {scores['confidence']:.3f}   "
+            f"class spread {scores['class_spread']:.3f}   copies {scores['copy_fraction']:.3f}   (n = {scores['n']}")
+    if scores.get("draws", 1) > 1:
+        line += f", mean of {scores['draws']} draws, FD sd {scores['classifier_fd_sd']:.2f}"
+    return line + ")"
+
+# ----------------------------------------------------------------------------- plotting and files
 
 
 def to_unit_range(images: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
     """Images mapped from value_range to [0, 1] (clipped), as float32 on the CPU."""
     low, high = value_range
     return ((images.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
-
 
 def show_images(
     images: torch.Tensor,
@@ -336,7 +680,6 @@ def show_images(
         ax.set_title(title)
     return ax
 
-
 def plot_loss_curve(losses: Sequence[float], ax: plt.Axes | None = None, smoothing: int = 50, title: str = "Training loss") -> plt.Axes:
     """Per-step losses (faint) and their running mean over smoothing steps, on a log scale."""
     losses = np.asarray(losses, dtype=np.float64)
@@ -353,7 +696,6 @@ def plot_loss_curve(losses: Sequence[float], ax: plt.Axes | None = None, smoothi
     ax.set_title(title)
     ax.legend()
     return ax
-
 
 def plot_sampling_history(
     history: dict[str, list[torch.Tensor]], final_images: torch.Tensor, title: str = "", n_show: int = 8
@@ -375,9 +717,15 @@ def plot_sampling_history(
     fig.tight_layout()
     return fig
 
+def show_source(function: Callable) -> "IPython.display.Code":
+    """A function's own source as highlighted code, to display in a notebook right under the equation it computes."""
+    from IPython.display import Code
+
+    return Code(inspect.getsource(function), language="python")
+
 
 def figure_folder(smoke: bool | None = None) -> Path:
-    """Where save_figure, save_gif and save_weights write: data/ in full mode, a temporary folder in smoke mode."""
+    """Where save_figure and save_gif write: data/ in full mode, a temporary folder in smoke mode."""
     smoke = is_smoke_test() if smoke is None else smoke
     if smoke:
         folder = Path(tempfile.gettempdir()) / "diffusion_playground_figures"
@@ -386,20 +734,25 @@ def figure_folder(smoke: bool | None = None) -> Path:
     return DATA_DIR
 
 
+def run_folder(smoke: bool | None = None) -> Path:
+    """Where a notebook's own trained weights go: runs/ (git-ignored) in full mode, a temporary folder in smoke mode."""
+    smoke = is_smoke_test() if smoke is None else smoke
+    folder = Path(tempfile.gettempdir()) / "diffusion_playground_runs" if smoke else RUNS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def output_path(name: str, suffix: str, smoke: bool | None = None) -> Path:
     """<figure_folder>/<name><suffix>, after checking that name is a bare file stem (no folder, no extension)."""
     if not name or "/" in name or "\\" in name or "." in name:
         raise ValueError(f"output name must be a bare file stem like 'toy_forward_process' (no folder, no {suffix}), got {name!r}")
     return figure_folder(smoke) / f"{name}{suffix}"
 
-
 def save_figure(fig: plt.Figure, name: str, smoke: bool | None = None, dpi: int = FIGURE_DPI) -> Path:
     """Write fig as <folder>/<name>.png (folder from figure_folder) and return the path."""
     path = output_path(name, ".png", smoke)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white", metadata={"Software": None})
     return path
-
-
 
 def save_gif(frames: Sequence[torch.Tensor], name: str, smoke: bool | None = None, nrow: int = 8,
              value_range: tuple[float, float] = (-1.0, 1.0), frame_ms: int = 80, hold_last_ms: int = 1500) -> Path:
@@ -416,14 +769,22 @@ def save_gif(frames: Sequence[torch.Tensor], name: str, smoke: bool | None = Non
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=True)
     return path
 
+def is_shipped_file(path: Path | str) -> bool:
+    """True for a path inside data/, where the shipped data, weights and classifier live."""
+    return Path(path).resolve().parent == DATA_DIR.resolve()
 
-def save_weights(model: torch.nn.Module, name: str, config: dict, smoke: bool | None = None,
-                 metadata: dict | None = None) -> Path:
+
+def save_weights(model: torch.nn.Module, path: Path | str, config: dict, metadata: dict | None = None,
+                 replace_shipped: bool = False) -> Path:
     """Write model's weights in float16 (half the size; loading restores float32) with the config that built it.
 
     metadata (plain numbers, strings and lists: how and where they were trained, a loss curve) is stored beside them.
+    A file in data/ is shipped with the project: it is written only with replace_shipped=True (a maintainer's step).
     """
-    path = output_path(name, ".pt", smoke)
+    path = Path(path)
+    if is_shipped_file(path) and not replace_shipped:
+        raise PermissionError(f"{path.name} in data/ is a shipped file; write a run's weights to {RUNS_DIR.name}/ "
+                              "(run_folder()), or pass replace_shipped=True in a maintainer's script")
     state = {key: value.detach().cpu().half() if value.is_floating_point() else value.detach().cpu()
              for key, value in model.state_dict().items()}
     torch.save({"config": dict(config), "state_dict": state, "metadata": dict(metadata or {})}, path)
@@ -434,12 +795,11 @@ def weights_metadata(path: Path | str) -> dict:
     """The metadata stored by save_weights (an empty dict for files written without any)."""
     return torch.load(path, map_location="cpu", weights_only=True).get("metadata", {})
 
-
 def load_weights(model: torch.nn.Module, path: Path | str, config: dict) -> torch.nn.Module:
     """Load weights written by save_weights into model, after checking that they were made with the same config."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no weights at {path}; run the notebook in full mode to train and write them")
+        raise FileNotFoundError(f"no weights at {path}; train the model first, or load the shipped ones")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     saved = checkpoint["config"]
     mismatches = [f"{key}: weights have {saved.get(key)!r}, notebook has {value!r}"
@@ -452,44 +812,15 @@ def load_weights(model: torch.nn.Module, path: Path | str, config: dict) -> torc
     model.load_state_dict(state)
     return model
 
-# ----------------------------------------------------------------------------- sampling
 
-
-@torch.no_grad()
-def toy_sample(
-    model: Callable[[torch.Tensor], torch.Tensor],
-    n_steps: int,
-    shape: Sequence[int],
-    device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-    """The toy sampler: start from uniform noise, move 1/(n_steps - i) of the way to the model's prediction each step.
-
-    Returns the final images and a history {"inputs": [...], "predictions": [...]} with one entry per step (on the CPU).
-    """
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be at least 1, got {n_steps}")
-    x = torch.rand(tuple(shape), generator=generator, device="cpu").to(device)
-    history: dict[str, list[torch.Tensor]] = {"inputs": [], "predictions": []}
-    for i in range(n_steps):
-        prediction = model(x)
-        history["inputs"].append(x.detach().cpu())
-        history["predictions"].append(prediction.detach().cpu())
-        mix = 1.0 / (n_steps - i)  # the last step has mix = 1 and returns the prediction itself
-        x = x * (1 - mix) + prediction * mix
-    return x, history
-
-
-
-REVERSE_VARIANCES = ("posterior", "beta")
+# ----------------------------------------------------------------------------- fast paths (optional: bfloat16, CUDA graphs)
 
 
 def autocast_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device_type: str,
                    dtype: torch.dtype = torch.bfloat16) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """model(x, t) run under autocast (convolutions and matrix products in `dtype`), its output back in float32.
 
-    On a GPU, bfloat16 runs on the tensor cores at several times the float32 rate; the samplers keep x_t and all
-    the schedule arithmetic in float32, so only the network's own rounding changes.
+    The samplers keep x_t and all the schedule arithmetic in float32, so only the network's own rounding changes.
     """
     def mixed_precision_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=dtype):
@@ -540,7 +871,6 @@ def cuda_graphed(fn: Callable[..., torch.Tensor], *example_inputs: torch.Tensor,
 
     return replay
 
-
 def graphed_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """model(x, t) for a sampler, recorded as a CUDA graph (cuda_graphed) the first time it meets each batch shape.
 
@@ -558,423 +888,3 @@ def graphed_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -
         return graphs[key](x, t)
 
     return model_from_graph
-
-
-def _standard_normal(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """N(0, I) noise of shape on like's device; drawn from generator (on its own device) when one is given."""
-    if generator is None:
-        return torch.randn(tuple(shape), device=like.device, dtype=like.dtype)
-    return torch.randn(tuple(shape), generator=generator, device=generator.device).to(like.device, like.dtype)
-
-
-@torch.inference_mode()
-def p_sample(
-    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    x_t: torch.Tensor,
-    t: int,
-    schedule: NoiseSchedule,
-    noise: torch.Tensor | None = None,
-    clip_denoised: bool = False,
-    variance: str = "posterior",
-    generator: torch.Generator | None = None,
-    noise_scale: float | torch.Tensor = 1.0,
-) -> torch.Tensor:
-    """One step of Algorithm 2: x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alphas_cumprod_t) eps_theta) + sigma_t z.
-
-    sigma_t^2 is beta_tilde_t (variance="posterior") or beta_t (variance="beta"); no noise is added at t = 0.
-    With clip_denoised the mean is computed from x0_hat clipped to [-1, 1] instead (the same mean without clipping).
-    noise_scale (a number, or one per image) multiplies sigma_t, to show what too little or too much noise does.
-    """
-    if variance not in REVERSE_VARIANCES:
-        raise ValueError(f"variance must be one of {REVERSE_VARIANCES}, got {variance!r}")
-    if not 0 <= t < schedule.timesteps:
-        raise ValueError(f"timesteps are 0-based: t must lie in 0 ... {schedule.timesteps - 1}, got {t}")
-    t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-    eps = model(x_t, t_batch).to(x_t.dtype)
-    if clip_denoised:
-        # x0_hat = (x_t - sqrt(1 - alphas_cumprod_t) eps) / sqrt(alphas_cumprod_t), then mu_tilde (eq. 7)
-        x0_hat = (schedule.sqrt_recip_alphas_cumprod[t] * x_t - schedule.sqrt_recipm1_alphas_cumprod[t] * eps).clamp(-1, 1)
-        mean = schedule.posterior_mean_coef1[t] * x0_hat + schedule.posterior_mean_coef2[t] * x_t
-    else:
-        # mu_theta(x_t, t) = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alphas_cumprod_t) eps_theta)  (eq. 11)
-        mean = schedule.sqrt_recip_alphas[t] * (x_t - schedule.betas[t] / schedule.sqrt_one_minus_alphas_cumprod[t] * eps)
-    if t == 0:
-        return mean  # Algorithm 2, line 3: z = 0 at the last step
-    sigma_squared = schedule.posterior_variance[t] if variance == "posterior" else schedule.betas[t]
-    if noise is None:
-        noise = _standard_normal(x_t.shape, x_t, generator)
-    scale = torch.as_tensor(noise_scale, dtype=x_t.dtype, device=x_t.device)
-    if scale.dim() == 1:
-        scale = scale.view(-1, *([1] * (x_t.dim() - 1)))  # one scale per image
-    return mean + scale * sigma_squared.sqrt() * noise
-
-
-@torch.inference_mode()
-def ddpm_sample(
-    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    schedule: NoiseSchedule,
-    shape: Sequence[int],
-    device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
-    variance: str = "posterior",
-    clip_denoised: bool = False,
-    frames_at: Sequence[int] = (),
-    progress: bool = True,
-    noise_scale: float | torch.Tensor = 1.0,
-) -> torch.Tensor | tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Algorithm 2 in full: x_T ~ N(0, I), then p_sample for t = T-1 ... 0; returns the final images.
-
-    With frames_at, also returns {t: x_t on the CPU}: the images as they enter step t (T-1 is the pure noise).
-    """
-    frames_at = set(frames_at)
-    bad = [t for t in frames_at if not 0 <= t < schedule.timesteps]
-    if bad:
-        raise ValueError(f"frames_at must lie in 0 ... {schedule.timesteps - 1}, got {sorted(bad)}")
-    probe = torch.empty(0, device=device)
-    x = _standard_normal(shape, probe, generator)
-    frames: dict[int, torch.Tensor] = {}
-    for t in tqdm(reversed(range(schedule.timesteps)), total=schedule.timesteps, desc="sampling", disable=not progress, mininterval=2):
-        if t in frames_at:
-            frames[t] = x.cpu()
-        x = p_sample(model, x, t, schedule, clip_denoised=clip_denoised, variance=variance, generator=generator, noise_scale=noise_scale)
-    return (x, frames) if frames_at else x
-
-
-def sample_in_batches(sampler: Callable[[int], torch.Tensor], n: int, batch_size: int) -> torch.Tensor:
-    """n samples as sampler(size) calls of at most batch_size images each, concatenated on the CPU.
-
-    A GPU samples fastest in one large batch; a CPU does not: past a few hundred 28x28 images the activations fall
-    out of its caches (on the 2-core CI machine a batch of 1,000 took twice as long per image as batches of 200).
-    Give the sampler one generator shared by all calls, and the result is reproducible for a given batch_size.
-    """
-    if n < 1 or batch_size < 1:
-        raise ValueError(f"n and batch_size must be positive, got n={n}, batch_size={batch_size}")
-    return torch.cat([sampler(min(batch_size, n - first)).cpu() for first in range(0, n, batch_size)])
-
-
-def spaced_timesteps(timesteps: int, steps: int) -> torch.Tensor:
-    """tau: `steps` evenly spaced timesteps from 0 to T-1, ascending, for samplers that skip steps."""
-    if not 1 <= steps <= timesteps:
-        raise ValueError(f"steps must lie in 1 ... {timesteps}, got {steps}")
-    return torch.linspace(0, timesteps - 1, steps, dtype=torch.float64).round().long()
-
-
-@torch.inference_mode()
-def ddim_sample(
-    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    schedule: NoiseSchedule,
-    shape: Sequence[int],
-    steps: int | Sequence[int],
-    eta: float = 0.0,
-    device: torch.device | str = "cpu",
-    generator: torch.Generator | None = None,
-    clip_denoised: bool = False,
-    progress: bool = True,
-) -> torch.Tensor:
-    """DDIM (Song et al. 2020, eq. 12) on a sub-sequence tau of the trained eps-model's timesteps.
-
-    steps: a number of evenly spaced timesteps (spaced_timesteps), or the ascending timesteps tau themselves.
-    eta = 0 is deterministic given x_T; eta = 1 is DDPM's ancestral sampler on the same timesteps (sigma^2 = beta_tilde
-    of the respaced schedule: the same images as ddpm_sample on `respaced` for the same generator).
-    """
-    if eta < 0:
-        raise ValueError(f"eta must be non-negative (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
-    if not isinstance(steps, (list, tuple, torch.Tensor)):
-        steps = int(steps)
-        taus = spaced_timesteps(schedule.timesteps, steps).flip(0).tolist()  # from T-1 down to 0
-    else:
-        taus = [int(t) for t in steps]
-        if not taus or taus != sorted(set(taus)) or not 0 <= taus[0] <= taus[-1] < schedule.timesteps:
-            raise ValueError(f"timesteps must be strictly ascending within 0 ... {schedule.timesteps - 1}, got {taus}")
-        taus = taus[::-1]
-        steps = len(taus)
-    probe = torch.empty(0, device=device)
-    x = _standard_normal(shape, probe, generator)
-    alphas_cumprod = schedule.alphas_cumprod.to(device)
-    for i, t in enumerate(tqdm(taus, desc=f"DDIM {steps} steps", disable=not progress, mininterval=2)):
-        abar_t = alphas_cumprod[t]
-        abar_prev = alphas_cumprod[taus[i + 1]] if i + 1 < len(taus) else torch.ones((), device=device)
-        eps = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).to(x.dtype)
-        # predicted x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
-        x0_hat = (x - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
-        if clip_denoised:
-            x0_hat = x0_hat.clamp(-1, 1)
-        # sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)  (eq. 16)
-        sigma = eta * ((1 - abar_prev) / (1 - abar_t)).sqrt() * (1 - abar_t / abar_prev).sqrt()
-        # x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma z  (eq. 12)
-        x = abar_prev.sqrt() * x0_hat + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
-        if eta > 0 and i + 1 < len(taus):
-            x = x + sigma * _standard_normal(x.shape, x, generator)
-    return x
-
-
-
-def respaced(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: NoiseSchedule, steps: int
-             ) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], NoiseSchedule]:
-    """DDPM on `steps` evenly spaced timesteps tau_i: a schedule with beta_i = 1 - abar_{tau_i} / abar_{tau_{i-1}}
-    (same alphas_cumprod at the kept steps) and a model wrapper that maps index i back to the trained timestep tau_i.
-    """
-    taus = spaced_timesteps(schedule.timesteps, steps)
-    alphas_cumprod = schedule.alphas_cumprod.double().cpu()[taus]
-    previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
-    short_schedule = NoiseSchedule((1 - alphas_cumprod / previous).clamp(max=0.999))
-
-    def respaced_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(x, taus.to(t.device)[t])
-
-    return respaced_model, short_schedule
-
-# ----------------------------------------------------------------------------- measuring
-
-CLASSIFIER_PATH = DATA_DIR / "mnist_classifier.pt"
-HELD_OUT_PER_CLASS = 100
-
-
-class MnistClassifier(torch.nn.Module):
-    """A LeNet-sized CNN for 28x28 digits in [0, 1]; its 64-d penultimate layer is the feature space of the measure.
-
-    64 features (not Inception's 2048) so that a few hundred samples estimate their covariance well.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(1, 24, 3)   # 26 x 26
-        self.conv2 = torch.nn.Conv2d(24, 24, 3)  # 24 x 24 -> pool 12 x 12
-        self.conv3 = torch.nn.Conv2d(24, 48, 3)  # 10 x 10
-        self.conv4 = torch.nn.Conv2d(48, 48, 3)  # 8 x 8 -> pool 4 x 4
-        self.fc = torch.nn.Linear(48 * 4 * 4, 64)
-        self.dropout = torch.nn.Dropout(0.3)
-        self.head = torch.nn.Linear(64, 10)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The penultimate activations (B, 64)."""
-        h = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
-        h = F.max_pool2d(F.relu(self.conv4(F.relu(self.conv3(h)))), 2)
-        return F.relu(self.fc(h.flatten(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
-
-
-def split_held_out(labels: torch.Tensor, per_class: int = HELD_OUT_PER_CLASS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (train, held_out) with per_class random digits of each class held out, seeded."""
-    generator = torch.Generator().manual_seed(seed)
-    held = []
-    for c in labels.unique().tolist():
-        members = (labels == c).nonzero().flatten()
-        if len(members) <= per_class:
-            raise ValueError(f"class {c} has {len(members)} images, fewer than the {per_class} to hold out")
-        held.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
-    held_out = torch.cat(held).sort().values
-    mask = torch.ones(len(labels), dtype=torch.bool)
-    mask[held_out] = False
-    return mask.nonzero().flatten(), held_out
-
-
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 12, batch_size: int = 64,
-                     lr: float = 2e-3, seed: int = 0, progress: bool = False) -> MnistClassifier:
-    """Train MnistClassifier on images in [0, 1] with random 2-pixel shifts (Adam, cosine-decayed lr), seeded."""
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    model = MnistClassifier()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    total = epochs * math.ceil(len(images) / batch_size)
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
-    padded = F.pad(images, (2, 2, 2, 2))
-    model.train()
-    for _ in tqdm(range(epochs), desc="classifier", disable=not progress):
-        order = torch.randperm(len(images), generator=generator)
-        for first in range(0, len(order), batch_size):
-            batch = order[first:first + batch_size]
-            dy, dx = torch.randint(0, 5, (2,), generator=generator).tolist()  # shift by -2 ... 2 pixels
-            x = padded[batch, :, dy:dy + 28, dx:dx + 28]
-            loss = F.cross_entropy(model(x), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            decay.step()
-    return model.eval()
-
-
-@torch.inference_mode()
-def classifier_accuracy(model: MnistClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of images (in [0, 1]) whose predicted class is the label."""
-    model.eval()
-    predictions = torch.cat([model(chunk).argmax(1) for chunk in images.split(1000)])
-    return (predictions == labels).float().mean().item()
-
-
-def write_classifier(path: Path | str = CLASSIFIER_PATH, seed: int = 0) -> float:
-    """Train the measuring classifier on the shipped digits minus a held-out split, save it with its accuracy."""
-    images, labels = load_mnist_subset()
-    train, held_out = split_held_out(labels, seed=seed)
-    training = {"epochs": 12, "batch_size": 64, "lr": 2e-3, "seed": seed}
-    model = train_classifier(images[train], labels[train], **training)
-    accuracy = classifier_accuracy(model, images[held_out], labels[held_out])
-    torch.save({"state_dict": model.state_dict(), "held_out_accuracy": accuracy, "training": training}, path)
-    print(f"classifier: held-out accuracy {accuracy:.4f} on {len(held_out)} digits; written to {Path(path).name}")
-    return accuracy
-
-
-def load_classifier(path: Path | str = CLASSIFIER_PATH) -> MnistClassifier:
-    """The shipped measuring classifier (weights_only load), in eval mode."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = MnistClassifier()
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval()
-
-
-def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two feature sets (N, D), in float64."""
-    a, b = features_a.double(), features_b.double()
-    if a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
-        raise ValueError(f"need two sets of at least 2 feature vectors of the same size, got {tuple(a.shape)} and {tuple(b.shape)}")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
-    # Tr((S_a S_b)^(1/2)) = sum of sqrt(eigenvalues of S_a^(1/2) S_b S_a^(1/2)), a symmetric PSD matrix
-    eigenvalues, eigenvectors = torch.linalg.eigh(cov_a)
-    sqrt_a = eigenvectors @ torch.diag(eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
-    trace_sqrt = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
-    return ((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt).item()
-
-
-def nearest_distances(queries: torch.Tensor, references: torch.Tensor, exclude_self: bool = False,
-                      exclude_identical: bool = False) -> torch.Tensor:
-    """Pixel L2 distance from each query image to its nearest reference image.
-
-    exclude_self: the queries are the references (skip the diagonal); exclude_identical: skip exact matches
-    (distance below 1e-3), for real digits that are themselves among the references.
-    """
-    q, r = queries.flatten(1).double(), references.flatten(1).double()
-    out = []
-    for first in range(0, len(q), 500):
-        d = torch.cdist(q[first:first + 500], r)
-        if exclude_self:
-            d[torch.arange(len(d)), torch.arange(first, first + len(d))] = float("inf")
-        if exclude_identical:
-            d[d < 1e-3] = float("inf")  # cdist's matrix-product form leaves ~1e-7 for identical images
-        out.append(d.min(1).values)
-    return torch.cat(out).float()
-
-
-class QualityReference:
-    """What sample_quality compares against: the classifier, real features, the training images and a copy threshold.
-
-    The real digits are split in two class-balanced halves: `reference` (the FD's real statistics) and `holdout`
-    (real digits scored like samples, for the real-vs-real floor). The copy threshold is the `copy_quantile`
-    quantile of the distances from each training digit to its nearest other training digit.
-    """
-
-    def __init__(self, classifier: MnistClassifier, real_images: torch.Tensor, real_labels: torch.Tensor,
-                 training_images: torch.Tensor | None = None, copy_quantile: float = 0.05, seed: int = 0):
-        self.classifier = classifier.eval()
-        half, other = split_held_out(real_labels, per_class=int((real_labels == real_labels[0]).sum()) // 2, seed=seed)
-        self.holdout_images, self.reference_images = real_images[half], real_images[other]
-        self.reference_features = self.features(self.reference_images)
-        self.training_images = real_images if training_images is None else training_images
-        self.copy_quantile = copy_quantile
-        self.copy_threshold = nearest_distances(self.training_images, self.training_images, exclude_self=True).quantile(copy_quantile).item()
-
-    @torch.inference_mode()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Classifier features of images in [0, 1]."""
-        return torch.cat([self.classifier.features(chunk) for chunk in images.float().split(1000)])
-
-
-@torch.inference_mode()
-def sample_quality(samples: torch.Tensor, reference: QualityReference, value_range: tuple[float, float] = (-1.0, 1.0),
-                   real_digits: bool = False) -> dict[str, float]:
-    """Classifier FD (lower is better), mean confidence, class spread (1 = all ten classes equally), copy fraction.
-
-    copy_fraction: share of samples nearer (pixel L2) to a training image than `copy_quantile` of real digits are to
-    their nearest neighbour; real digits score about copy_quantile, a model that copies its training set more.
-    real_digits=True scores real digits that may be training images themselves (their exact match is skipped).
-    """
-    if samples.dim() != 4 or samples.shape[1:] != (1, 28, 28):
-        raise ValueError(f"samples must be (N, 1, 28, 28), got {tuple(samples.shape)}")
-    if len(samples) < 2:
-        raise ValueError(f"need at least 2 samples to estimate a covariance, got {len(samples)}")
-    images = to_unit_range(samples, value_range)
-    features = reference.features(images)
-    probabilities = reference.classifier.head(features).softmax(1)
-    histogram = torch.bincount(probabilities.argmax(1), minlength=10).double() / len(images)
-    entropy = -(histogram[histogram > 0] * histogram[histogram > 0].log()).sum()
-    copies = nearest_distances(images, reference.training_images, exclude_identical=real_digits) < reference.copy_threshold
-    return {
-        "classifier_fd": frechet_distance(features, reference.reference_features),
-        "confidence": probabilities.max(1).values.mean().item(),
-        "class_spread": max(0.0, (entropy / math.log(10)).item()),
-        "copy_fraction": copies.float().mean().item(),
-        "n": len(images),
-    }
-
-
-def score_sampler(sampler: Callable[[int, torch.Generator], torch.Tensor], reference: QualityReference, n: int,
-                  batch_size: int, seed: int, device: torch.device | str = "cpu") -> tuple[dict[str, float], float]:
-    """Draw n samples as sampler(size, generator) calls of at most batch_size images, all from one generator seeded
-    with seed on device, clamp them to [-1, 1] and score them: returns (sample_quality's figures, seconds to sample).
-
-    The same seed gives every sampler the same starting noise x_T for its first batch.
-    """
-    start = time.perf_counter()
-    generator = torch.Generator(device).manual_seed(seed)
-    samples = sample_in_batches(lambda size: sampler(size, generator), n, batch_size).clamp(-1, 1)
-    seconds = time.perf_counter() - start  # sample_in_batches moved the samples to the CPU: the device has finished
-    return sample_quality(samples, reference), seconds
-
-
-def reference_scores(reference: QualityReference, n: int, seed: int = 0, draws: int = 10) -> dict[str, dict[str, float]]:
-    """The same measure for real held-out digits (the floor to aim at) and for n images of pure uniform noise.
-
-    One draw of n real digits is a noisy floor: at n = 1,000 the FD of ten draws from the shipped data ranged from
-    3.4 to 9.0 (mean 5.0). So "real" is the mean of `draws` random draws of n held-out digits (draws may share
-    digits when n is large), with "classifier_fd_sd", the spread of the FD between draws, beside it.
-    """
-    if n > len(reference.holdout_images):
-        raise ValueError(f"only {len(reference.holdout_images)} held-out real digits; ask for n <= that")
-    if draws < 1:
-        raise ValueError(f"draws must be at least 1, got {draws}")
-    generator = torch.Generator().manual_seed(seed)
-    per_draw = []
-    for _ in range(draws):
-        real = reference.holdout_images[torch.randperm(len(reference.holdout_images), generator=generator)[:n]]
-        per_draw.append(sample_quality(real, reference, value_range=(0, 1), real_digits=True))
-    real_scores = {key: sum(draw[key] for draw in per_draw) / draws for key in per_draw[0] if key != "n"}
-    fds = torch.tensor([draw["classifier_fd"] for draw in per_draw], dtype=torch.float64)
-    real_scores |= {"n": n, "draws": draws, "classifier_fd_sd": fds.std().item() if draws > 1 else 0.0}
-    noise = torch.rand(n, 1, 28, 28, generator=generator)
-    return {"real": real_scores, "noise": sample_quality(noise, reference, value_range=(0, 1))}
-
-
-def summarise_draws(values: Sequence[float]) -> dict[str, float]:
-    """Mean, standard deviation and standard error of the mean of one figure over independent draws.
-
-    At n = 1,000 one draw's classifier FD moves by about 2 (more for generated digits than for real ones), so a
-    sampler is judged by the mean over several draws, each from its own starting noise. With one draw the spread is
-    unknown: sd and sem are NaN.
-    """
-    if len(values) < 1:
-        raise ValueError("need at least one draw")
-    x = torch.tensor([float(v) for v in values], dtype=torch.float64)
-    if not torch.isfinite(x).all():
-        raise ValueError(f"every draw must be a finite number, got {list(values)}")
-    sd = x.std().item() if len(x) > 1 else math.nan
-    return {"mean": x.mean().item(), "sd": sd, "sem": sd / math.sqrt(len(x)), "draws": len(x)}
-
-
-def ratio_of_means(numerator: dict[str, float], denominator: dict[str, float]) -> tuple[float, float]:
-    """a / b for two summarise_draws results, and its standard error to first order (the delta method):
-    se(a / b) = sqrt((sem_a / b)^2 + (a sem_b / b^2)^2). NaN when either side has a single draw."""
-    a, b = numerator["mean"], denominator["mean"]
-    if b <= 0:
-        raise ValueError(f"the denominator's mean must be positive, got {b}")
-    return a / b, math.sqrt((numerator["sem"] / b) ** 2 + (a * denominator["sem"] / b**2) ** 2)
-
-
-def format_quality(name: str, scores: dict[str, float]) -> str:
-    """One aligned line of the measure, for printing tables (a floor averaged over draws says so at the end)."""
-    line = (f"{name:<34s} FD {scores['classifier_fd']:8.2f}   confidence {scores['confidence']:.3f}   "
-            f"class spread {scores['class_spread']:.3f}   copies {scores['copy_fraction']:.3f}   (n = {scores['n']}")
-    if scores.get("draws", 1) > 1:
-        line += f", mean of {scores['draws']} draws, FD sd {scores['classifier_fd_sd']:.2f}"
-    return line + ")"

@@ -1,10 +1,10 @@
 """The committed notebooks are what a reader sees first, on GitHub or in Jupyter: check they are a clean full run.
 
-CONVENTIONS.md asks for the outputs of a full run, kernel name `python3`, no machine paths, no base64 images in
-markdown, and each notebook under about 3 MB. A progress bar must show once, as its last state: executed by
+A committed notebook carries the outputs of one top-to-bottom run, kernel name `python3`, no machine paths, no
+base64 images in markdown, and stays under about 3 MB. A progress bar must show once, as its last state: executed by
 nbconvert, tqdm leaves one stream output per refresh, each starting with a carriage return, and a viewer that does
-not process carriage returns prints every one of them (a hundred lines of "training: 1%|..."). The README's
-"Regenerating the committed outputs" gives the commands that produce notebooks which pass.
+not process carriage returns prints every one of them (a hundred lines of "training: 1%|..."). `run_notebooks.py`
+produces notebooks which pass.
 """
 
 import re
@@ -79,7 +79,7 @@ def test_each_progress_bar_shows_once_in_its_last_state(notebook):
     redraws = {index: found for index, found in redraws.items() if found}
     assert not redraws, (
         f"{path.name}: progress bars saved with every redraw in cells {sorted(redraws)} (first: {next(iter(redraws.values()))[0]}); "
-        "coalesce the streams as the README's 'Regenerating the committed outputs' says"
+        "regenerate them with `python run_notebooks.py`, which coalesces the streams"
     )
 
 

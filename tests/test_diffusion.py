@@ -7,12 +7,7 @@ import torch
 
 import helper_functions as hf
 
-T = 1000
-
-
-@pytest.fixture(scope="module")
-def schedule():
-    return hf.NoiseSchedule(hf.linear_beta_schedule(T))
+T = 1000  # the paper's number of timesteps, as in the schedule fixture (conftest.py)
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -36,7 +31,7 @@ def test_cosine_schedule_follows_its_definition():
     assert betas.max().item() == pytest.approx(0.999)  # the clip at the last step
 
 
-@pytest.mark.parametrize("bad", [dict(timesteps=0), dict(timesteps=10, beta_start=0.0), dict(timesteps=10, beta_start=0.1, beta_end=0.01)])
+@pytest.mark.parametrize("bad", [dict(T=0), dict(T=10, beta_start=0.0), dict(T=10, beta_start=0.1, beta_end=0.01)])
 def test_linear_schedule_rejects_bad_arguments(bad):
     with pytest.raises(ValueError):
         hf.linear_beta_schedule(**bad)
@@ -67,7 +62,7 @@ def test_schedule_stores_float32_and_moves(schedule):
     for name in schedule.names:
         assert getattr(schedule, name).dtype == torch.float32
     moved = hf.NoiseSchedule(hf.linear_beta_schedule(10)).to("cpu")
-    assert moved.betas.device.type == "cpu" and moved.timesteps == 10
+    assert moved.betas.device.type == "cpu" and moved.T == 10
 
 
 def test_schedule_rejects_bad_betas():
@@ -102,7 +97,7 @@ def test_q_sample_moments_match_the_closed_form(schedule):
 def test_q_sample_with_given_noise_is_exact(schedule):
     x0, eps = torch.rand(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
     t = torch.tensor([0, 10, 999])
-    x_t = hf.q_sample(x0, t, schedule, noise=eps)
+    x_t = hf.q_sample(x0, t, schedule, eps=eps)
     for i in range(3):
         expected = schedule.sqrt_alphas_cumprod[t[i]] * x0[i] + schedule.sqrt_one_minus_alphas_cumprod[t[i]] * eps[i]
         assert torch.allclose(x_t[i], expected)
@@ -116,24 +111,11 @@ def test_q_sample_errors(schedule):
         hf.q_sample(x0, torch.tensor([0]), schedule)
     with pytest.raises(ValueError, match="integer"):
         hf.q_sample(x0, torch.tensor([0.0, 1.0]), schedule)
-    with pytest.raises(ValueError, match="noise shape"):
-        hf.q_sample(x0, torch.tensor([0, 1]), schedule, noise=torch.randn(2, 1, 5, 5))
+    with pytest.raises(ValueError, match="eps shape"):
+        hf.q_sample(x0, torch.tensor([0, 1]), schedule, eps=torch.randn(2, 1, 5, 5))
 
 
 # ----------------------------------------------------------------------------- reverse process
-
-
-class TrueNoiseModel(torch.nn.Module):
-    """An oracle eps_theta that knows x0 and so returns exactly the noise in x_t."""
-
-    def __init__(self, x0, schedule):
-        super().__init__()
-        self.x0, self.schedule = x0, schedule
-
-    def forward(self, x_t, t):
-        a = hf.extract(self.schedule.sqrt_alphas_cumprod, t, x_t.shape)
-        s = hf.extract(self.schedule.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
-        return (x_t - a * self.x0) / s
 
 
 def test_p_sample_at_t0_adds_no_noise(schedule):
@@ -145,24 +127,22 @@ def test_p_sample_at_t0_adds_no_noise(schedule):
     assert torch.allclose(first, x / schedule.alphas[0].sqrt())
 
 
-def test_p_sample_mean_is_the_posterior_mean_with_the_true_noise(schedule):
+def test_p_sample_mean_is_the_posterior_mean_with_the_true_noise(schedule, true_noise_model):
     x0 = torch.rand(2, 1, 4, 4) * 2 - 1
     t = 300
     eps = torch.randn_like(x0)
-    x_t = hf.q_sample(x0, torch.full((2,), t), schedule, noise=eps)
-    mean = hf.p_sample(TrueNoiseModel(x0, schedule), x_t, t, schedule, noise=torch.zeros_like(x0))
+    x_t = hf.q_sample(x0, torch.full((2,), t), schedule, eps=eps)
+    mean = hf.p_sample(true_noise_model(x0, schedule), x_t, t, schedule, z=torch.zeros_like(x0))
     posterior_mean = schedule.posterior_mean_coef1[t] * x0 + schedule.posterior_mean_coef2[t] * x_t
     assert torch.allclose(mean, posterior_mean, atol=1e-5)
-    clipped = hf.p_sample(TrueNoiseModel(x0, schedule), x_t, t, schedule, noise=torch.zeros_like(x0), clip_denoised=True)
-    assert torch.allclose(clipped, posterior_mean, atol=1e-4)  # x0 in [-1, 1]: clipping changes nothing
 
 
-def test_p_sample_with_the_true_noise_moves_toward_x0(schedule):
+def test_p_sample_with_the_true_noise_moves_toward_x0(schedule, true_noise_model):
     torch.manual_seed(0)
     x0 = torch.rand(8, 1, 8, 8) * 2 - 1
     t = 50
     x_t = hf.q_sample(x0, torch.full((8,), t), schedule)
-    x_prev = hf.p_sample(TrueNoiseModel(x0, schedule), x_t, t, schedule)
+    x_prev = hf.p_sample(true_noise_model(x0, schedule), x_t, t, schedule)
     assert (x_prev - x0).pow(2).mean() < (x_t - x0).pow(2).mean()
 
 
@@ -187,9 +167,9 @@ def test_p_sample_errors(schedule):
         hf.p_sample(model, torch.zeros(1, 1, 2, 2), T, schedule)
 
 
-def test_ddpm_sample_recovers_x0_with_the_true_noise(schedule):
+def test_ddpm_sample_recovers_x0_with_the_true_noise(schedule, true_noise_model):
     x0 = (torch.rand(2, 1, 4, 4) > 0.5).float() * 2 - 1
-    out, frames = hf.ddpm_sample(TrueNoiseModel(x0, schedule), schedule, (2, 1, 4, 4),
+    out, frames = hf.ddpm_sample(true_noise_model(x0, schedule), schedule, (2, 1, 4, 4),
                                  generator=torch.Generator().manual_seed(0), frames_at=[999, 0], progress=False)
     assert out.shape == (2, 1, 4, 4)
     assert sorted(frames) == [0, 999]
@@ -209,11 +189,10 @@ def test_ddpm_sample_is_seeded_and_checks_frames(schedule):
 # ----------------------------------------------------------------------------- weights and GIFs
 
 
-def test_weights_round_trip_and_config_check(tmp_path, monkeypatch):
-    monkeypatch.setattr(hf, "figure_folder", lambda smoke=None: tmp_path)
+def test_weights_round_trip_and_config_check(tmp_path):
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.GroupNorm(2, 4))
     config = {"dim": 4, "T": 1000}
-    path = hf.save_weights(model, "tiny", config)
+    path = hf.save_weights(model, tmp_path / "tiny.pt", config)
     assert path == tmp_path / "tiny.pt"
     fresh = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.GroupNorm(2, 4))
     hf.load_weights(fresh, path, config)
@@ -222,8 +201,31 @@ def test_weights_round_trip_and_config_check(tmp_path, monkeypatch):
         assert torch.allclose(fresh.state_dict()[key], value, atol=1e-3, rtol=1e-3)  # stored in float16
     with pytest.raises(ValueError, match=r"dim: weights have 4, notebook has 8"):
         hf.load_weights(fresh, path, {"dim": 8, "T": 1000})
-    with pytest.raises(FileNotFoundError, match="full mode"):
+    with pytest.raises(FileNotFoundError, match="train the model first"):
         hf.load_weights(fresh, tmp_path / "missing.pt", config)
+
+
+def test_shipped_files_are_written_only_by_a_maintainer_step(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    before = hf.SHIPPED_WEIGHTS_PATH.read_bytes()
+    with pytest.raises(PermissionError, match="shipped file"):
+        hf.save_weights(model, hf.SHIPPED_WEIGHTS_PATH, {"dim": 2})
+    with pytest.raises(PermissionError, match="shipped file"):
+        hf.save_weights(model, hf.DATA_DIR / "a_new_file.pt", {"dim": 2})
+    assert hf.SHIPPED_WEIGHTS_PATH.read_bytes() == before and not (hf.DATA_DIR / "a_new_file.pt").exists()
+    assert hf.is_shipped_file(hf.SHIPPED_WEIGHTS_PATH) and not hf.is_shipped_file(tmp_path / "ddpm_mnist_ema.pt")
+
+
+def test_run_folder_is_git_ignored_or_temporary():
+    assert hf.run_folder(smoke=False) == hf.RUNS_DIR
+    assert "runs/" in (hf.PROJECT_DIR / ".gitignore").read_text().split()
+    assert not hf.is_shipped_file(hf.run_folder(smoke=True) / "x.pt") and hf.run_folder(smoke=True) != hf.RUNS_DIR
+
+
+def test_show_source_displays_the_function_itself():
+    code = hf.show_source(hf.q_sample)
+    assert code.data.startswith("def q_sample(") and "sqrt_alphas_cumprod" in code.data
+    assert "highlight" in code._repr_html_()
 
 
 def test_save_gif_writes_all_frames(tmp_path, monkeypatch):

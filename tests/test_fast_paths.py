@@ -64,7 +64,7 @@ def test_q_sample_checks_values_on_the_cpu_only_and_without_reading_gpu_tensors(
 
 def test_ema_follows_its_formula(nb):
     model = torch.nn.Linear(3, 2)
-    ema = nb["EMA"](model, decay=0.9)
+    ema = nb["EMA"](model, decay=0.9, warmup=False)
     start = [p.detach().clone() for p in ema.module.parameters()]
     with torch.no_grad():
         for p in model.parameters():
@@ -75,6 +75,40 @@ def test_ema_follows_its_formula(nb):
     assert not any(p.requires_grad for p in ema.module.parameters())
     with pytest.raises(ValueError, match="between 0 and 1"):
         nb["EMA"](model, decay=1.0)
+
+
+def test_ema_warm_up_follows_min_of_decay_and_its_ramp(nb):
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = nb["EMA"](model, decay=0.999)
+    decays = []
+    for n in range(3000):
+        decays.append(ema.current_decay())
+        before = ema.module.weight.detach().clone()
+        with torch.no_grad():
+            model.weight.fill_(float(n))
+        ema.update(model)
+        if n in (0, 5, 2999):  # each update uses d_n = min(d, (1 + n) / (10 + n))
+            d = min(0.999, (1 + n) / (10 + n))
+            torch.testing.assert_close(ema.module.weight, d * before + (1 - d) * model.weight)
+    assert decays[0] == pytest.approx(0.1) and decays[90] == pytest.approx(91 / 100) and decays[-1] == pytest.approx(3000 / 3009)
+    ema.updates = 10_000  # past n = 8,991 the ramp exceeds d, and d itself is used
+    assert ema.current_decay() == 0.999
+    assert all(a <= b for a, b in zip(decays, decays[1:]))  # the average looks further back as the run grows
+
+
+def test_ema_warm_up_forgets_the_initial_weights_of_a_short_run(nb):
+    """After 150 updates towards 1 from 0, the plain average keeps 0.999^150 = 86% of the start, the warm-up one little."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    warm, plain = nb["EMA"](model, 0.999), nb["EMA"](model, 0.999, warmup=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(150):
+        warm.update(model)
+        plain.update(model)
+    assert plain.module.weight.item() == pytest.approx(1 - 0.999**150, rel=1e-4)
+    assert warm.module.weight.item() > 0.9
 
 
 def test_learning_rate_warms_up_then_decays_to_zero(nb):
@@ -172,11 +206,9 @@ def test_train_ddpm_stops_with_a_message_when_the_loss_diverges(nb):
                          warmup_steps=1, grad_clip=1.0)
 
 
-def test_weights_carry_their_metadata(tmp_path, monkeypatch, small_unet):
-    monkeypatch.setenv("SMOKE_TEST", "1")
-    path = hf.save_weights(small_unet, "tiny_meta", {"dim": 8}, metadata={"steps": 3, "losses": [0.5, 0.25]})
+def test_weights_carry_their_metadata(tmp_path, small_unet):
+    path = hf.save_weights(small_unet, tmp_path / "tiny_meta.pt", {"dim": 8}, metadata={"steps": 3, "losses": [0.5, 0.25]})
     assert hf.weights_metadata(path) == {"steps": 3, "losses": [0.5, 0.25]}
-    path.unlink()
 
 
 def test_sample_in_batches_concatenates_and_checks_its_arguments():
@@ -251,7 +283,7 @@ def test_graphed_gradient_steps_match_eager_ones(nb):
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def loss_and_gradients(x0, t, eps):
-            loss = torch.nn.functional.mse_loss(model(hf.q_sample(x0, t, schedule, noise=eps), t), eps)
+            loss = torch.nn.functional.mse_loss(model(hf.q_sample(x0, t, schedule, eps=eps), t), eps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -288,32 +320,3 @@ def test_train_ddpm_with_a_cuda_graph_learns_like_the_eager_loop(nb, dropout):
     eager_tail, graphed_tail = (sum(curves[g][-100:]) / 100 for g in (False, True))
     assert sum(curves[True][:20]) / 20 > 2 * graphed_tail  # it learns
     assert graphed_tail == pytest.approx(eager_tail, rel=0.15)  # and as well as the eager loop (other random draws)
-
-
-def test_tune_scores_the_fit_in_eval_mode_with_fixed_noise(nb):
-    from tune import fixed_noise_loss
-
-    torch.manual_seed(0)
-    model = nb["Unet"](dim=8, dim_mults=(1, 2), dropout=0.5)  # training mode, heavy dropout
-    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
-    x0 = torch.rand(10, 1, 28, 28) * 2 - 1
-    first = fixed_noise_loss(model, x0, schedule, seed=4, batch=3)
-    assert model.training  # the mode it came in
-    assert fixed_noise_loss(model, x0, schedule, seed=4, batch=10) == pytest.approx(first, rel=1e-5)  # no dropout noise
-    generator = torch.Generator().manual_seed(4)
-    t = torch.randint(0, 1000, (10,), generator=generator)
-    eps = torch.randn(x0.shape, generator=generator)
-    with torch.no_grad():
-        by_hand = torch.nn.functional.mse_loss(model.eval()(hf.q_sample(x0, t, schedule, noise=eps), t), eps).item()
-    assert first == pytest.approx(by_hand, rel=1e-5)
-    assert fixed_noise_loss(model, x0, schedule, seed=5) != pytest.approx(first, rel=1e-3)  # the seed picks t and eps
-
-
-def test_tune_scales_the_learning_rate_with_the_batch_and_names_what_it_sweeps():
-    from tune import peak_learning_rate, setting_name
-
-    assert peak_learning_rate(1e-3, 32, None) == 1e-3  # as given
-    assert peak_learning_rate(1e-3, 32, 128) == pytest.approx(5e-4)  # the notebook's sqrt(batch / 128)
-    assert peak_learning_rate(1e-3, 128, 128) == pytest.approx(1e-3)
-    assert setting_name(32, 5e-4, 0.0, 32, 200, set()) == "dim 32, lr 0.0005"
-    assert setting_name(32, 5e-4, 0.1, 64, 0, {"batch", "warmup"}) == "dim 32, lr 0.0005, dropout 0.1, batch 64, warm-up 0"

@@ -188,5 +188,5 @@ def test_toy_sampler_first_step_moves_one_nth_of_the_way():
 
 
 def test_toy_sampler_rejects_zero_steps():
-    with pytest.raises(ValueError, match="n_steps"):
+    with pytest.raises(ValueError, match="steps must be at least 1"):
         hf.toy_sample(HalfModel(), 0, (1, 1, 8, 8))

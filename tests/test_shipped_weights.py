@@ -6,7 +6,7 @@ import torch
 import helper_functions as hf
 from notebook_code import notebook_classes, notebook_settings, notebook_weights_config
 
-WEIGHTS = hf.DATA_DIR / "ddpm_mnist_ema.pt"
+WEIGHTS = hf.SHIPPED_WEIGHTS_PATH
 CONFIG = notebook_weights_config()  # what DDPM.ipynb saves with its weights and checks on loading
 
 
@@ -29,7 +29,7 @@ def test_shipped_weights_load_and_predict_the_noise(unet_class):
         t = torch.full((len(x0),), t_value)
         eps = torch.randn(x0.shape, generator=generator)
         with torch.inference_mode():
-            predicted = model(hf.q_sample(x0, t, schedule, noise=eps), t)
+            predicted = model(hf.q_sample(x0, t, schedule, eps=eps), t)
         # predicting zero scores 1.0; a trained eps-model scores far lower
         assert torch.nn.functional.mse_loss(predicted, eps).item() < 0.3, t_value
 
@@ -51,4 +51,14 @@ def test_shipped_weights_say_how_they_were_trained():
 def test_shipped_weights_match_the_notebook_settings_that_made_them():
     settings, run = notebook_settings("DDPM.ipynb"), hf.weights_metadata(WEIGHTS)
     assert run["ema_decay"] == settings["EMA_DECAY"] and run["dropout"] == settings["GPU_DROPOUT"]
-    assert run["batch_size"] == settings["GPU_BATCH_SIZE"] and run["ema_decay"] in settings["EMA_DECAYS"]
+    assert run["batch_size"] == settings["GPU_BATCH_SIZE"]
+
+
+def test_the_notebooks_save_path_never_touches_the_shipped_file(tmp_path, monkeypatch, unet_class):
+    """DDPM.ipynb's own save_run_weights, in full mode (smoke=False): it writes to runs/ and data/ stays byte-identical."""
+    save_run_weights = notebook_classes("DDPM.ipynb")["save_run_weights"]
+    before = WEIGHTS.read_bytes()
+    monkeypatch.setattr(hf, "RUNS_DIR", tmp_path / "runs")  # run_folder reads it at call time
+    path = save_run_weights(unet_class(dim=8, dim_mults=(1, 2)), {"dim": 8}, {"steps": 1}, smoke=False)
+    assert path == tmp_path / "runs" / WEIGHTS.name and hf.weights_metadata(path) == {"steps": 1}
+    assert WEIGHTS.read_bytes() == before

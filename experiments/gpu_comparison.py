@@ -2,8 +2,10 @@
 sample-quality measure; then the speed table on the same machine. Not part of the default test run.
 
     pip install denoising-diffusion-pytorch        # only for this script, never in requirements.txt
-    python tests/gpu_comparison.py --output-dir gpu_results            # one GPU: 3 + 3 minutes of training, ~10 min
-    python tests/gpu_comparison.py --train-seconds 20 --n 200 --sample-steps 100 --output-dir cpu_results   # a CPU
+    python experiments/gpu_comparison.py --output-dir gpu_results            # one GPU: 3 + 3 minutes of training, ~10 min
+    python experiments/gpu_comparison.py --train-seconds 20 --n 200 --sample-steps 100 --output-dir cpu_results   # a CPU
+    python experiments/gpu_comparison.py --ship --output-dir gpu_results    # the maintainer's step that replaces the
+                                                                            # shipped data/ddpm_mnist_ema.pt
 
 Checked with denoising-diffusion-pytorch 2.3.4 and ema-pytorch 0.8.3 (2026-11-26, on a CPU). On a machine with no
 network whose Python already has accelerate, einops, scipy and torchvision, three wheels are all it needs:
@@ -12,8 +14,9 @@ where there is a network, then `pip install --no-index --no-deps wheels/*.whl` t
 
 Both models train on the 5,000 shipped digits, for the same wall-clock time, on the same device:
 - ours: the DDPM notebook's own `Unet`, `EMA`, `random_batches` and `train_ddpm` (run from DDPM.ipynb), at the
-  notebook's GPU settings (batch 128, Adam 1e-3 with 200 warm-up steps and a cosine decay, dropout 0.1, EMA 0.995
-  and 0.999 side by side, plus 0.9995 for the record), on the fastest path the speed table of the same run
+  notebook's GPU settings, read from its configuration cell (batch 128, Adam 1e-3 with 200 warm-up steps and a cosine
+  decay, dropout 0.1, the notebook's warm-up EMA at its decay 0.999 with 0.995 and 0.9995 beside it), on the fastest
+  path the speed table of the same run
   measured: the training step replayed from a CUDA graph (as the notebook does on a GPU), in float32 or bfloat16
   autocast;
 - the library: `Unet(dim=64, channels=1, dim_mults=(1, 2, 4))` in `GaussianDiffusion(timesteps=1000,
@@ -42,15 +45,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # notebook_code
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import helper_functions as hf  # noqa: E402
 from benchmark import matmul_peak, measure, synchronize  # noqa: E402
-from notebook_code import notebook_classes, notebook_weights_config  # noqa: E402
+from notebook_code import notebook_classes, notebook_settings, notebook_weights_config  # noqa: E402
 
 # The DDPM notebook's settings, read from its configuration cell: the weights this script writes carry them.
 WEIGHTS_CONFIG = notebook_weights_config("DDPM.ipynb")
-OURS = {"batch_size": 128, "peak_lr": 1e-3, "warmup_steps": 200, "grad_clip": 1.0, "ema_decays": (0.995, 0.999, 0.9995)}
+SETTINGS = notebook_settings("DDPM.ipynb")
+OURS = {"batch_size": SETTINGS["GPU_BATCH_SIZE"], "peak_lr": SETTINGS["LEARNING_RATE"], "warmup_steps": SETTINGS["WARMUP_STEPS"],
+        "grad_clip": SETTINGS["GRAD_CLIP"], "dropout": SETTINGS["GPU_DROPOUT"],
+        "ema_decays": tuple(sorted({0.995, SETTINGS["EMA_DECAY"], 0.9995}))}  # the notebook's decay, and one either side
 LIBRARY = {"dim": 64, "batch_size": 128, "lr": 1e-3, "warmup_steps": 200, "grad_clip": 1.0, "ema_decay": 0.999}
 
 
@@ -196,8 +202,10 @@ def main() -> None:
     parser.add_argument("--extra-seeds", type=int, nargs="*", default=[1, 2], help="more draws of DDIM and ancestral, if time allows")
     parser.add_argument("--deadline", type=float, default=560.0, help="seconds after which optional parts are skipped")
     parser.add_argument("--skip-library", action="store_true", help="train and score only the project's model")
-    parser.add_argument("--dropout", type=float, default=0.1,
-                        help="dropout in our U-Net's ResNet blocks while training (the notebook's GPU_DROPOUT, as shipped)")
+    parser.add_argument("--dropout", type=float, default=OURS["dropout"],
+                        help="dropout in our U-Net's ResNet blocks while training (default: the notebook's GPU_DROPOUT)")
+    parser.add_argument("--ship", action="store_true",
+                        help=f"replace data/{hf.SHIPPED_WEIGHTS_PATH.name} with the EMA {SETTINGS['EMA_DECAY']} weights (maintainers only)")
     parser.add_argument("--output-dir", default="gpu_results")
     args = parser.parse_args()
     if 32 not in args.speed_dims:
@@ -320,11 +328,14 @@ def main() -> None:
     for decay, ema in emas.items():
         metadata = {"ema_decay": decay, "steps": run.results["train/ours"]["steps"], "batch_size": OURS["batch_size"],
                     "train_seconds": train_seconds, "device_name": name, "dropout": args.dropout, "losses": run.results["train/ours"]["losses"],
-                    "trained_by": "tests/gpu_comparison.py (the DDPM notebook's train_ddpm)"}
-        written = hf.save_weights(ema.module, f"ddpm_mnist_ema_{decay}".replace(".", "_"), WEIGHTS_CONFIG, smoke=True, metadata=metadata)
-        written.replace(run.output_dir / written.name)  # smoke=True writes to a temporary folder, never into data/
+                    "trained_by": "experiments/gpu_comparison.py (the DDPM notebook's train_ddpm)"}
+        metadata["ema_warmup"] = True  # the notebook's EMA warms its decay up
+        hf.save_weights(ema.module, run.output_dir / (f"ddpm_mnist_ema_{decay}".replace(".", "_") + ".pt"), WEIGHTS_CONFIG, metadata=metadata)
+        if args.ship and decay == SETTINGS["EMA_DECAY"]:  # the maintainer's step: replace the shipped weights
+            hf.save_weights(ema.module, hf.SHIPPED_WEIGHTS_PATH, WEIGHTS_CONFIG, metadata=metadata, replace_shipped=True)
+            run.log(f"replaced the shipped data/{hf.SHIPPED_WEIGHTS_PATH.name} with the EMA {decay} weights")
     eps_model = sampling_network(emas[best_decay].module)
-    head_model, head_schedule = (eps_model, schedule) if args.sample_steps >= schedule.timesteps else hf.respaced(eps_model, schedule, args.sample_steps)
+    head_model, head_schedule = (eps_model, schedule) if args.sample_steps >= schedule.T else hf.respaced(eps_model, schedule, args.sample_steps)
     head_schedule = head_schedule.to(device)
     ours_samples, seconds = timed_sampling(lambda: hf.ddpm_sample(head_model, head_schedule, shape, device=device,
                                                                   generator=torch.Generator(device).manual_seed(0), progress=False))

@@ -2,11 +2,11 @@
 
 Not part of the default test run (pytest collects only test_*.py). Run from the repository root:
 
-    python tests/benchmark.py                      # CPU, the notebooks' configurations, JSON to benchmark.json
-    python tests/benchmark.py --bf16               # also both U-Nets under bfloat16 autocast
-    python tests/benchmark.py --device cuda --dims 32 64 --batch 128 --sample-images 1000
+    python experiments/benchmark.py                      # CPU, the notebooks' configurations, JSON to benchmark.json
+    python experiments/benchmark.py --bf16               # also both U-Nets under bfloat16 autocast
+    python experiments/benchmark.py --device cuda --dims 32 64 --batch 128 --sample-images 1000
 
-(tests/gpu_comparison.py runs the GPU speed table together with the 3-minute training comparison.)
+(experiments/gpu_comparison.py runs the GPU speed table together with the 3-minute training comparison.)
 
 The library is needed only here: `pip install denoising-diffusion-pytorch` (never in requirements.txt); without it
 its rows are skipped with a note. Every number printed is measured in this run, on this machine.
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # notebook_code
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import helper_functions as hf  # noqa: E402
 from notebook_code import notebook_classes  # noqa: E402

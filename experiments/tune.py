@@ -7,12 +7,12 @@ decays the notebook uses) with ancestral sampling on respaced steps (sigma^2 = b
 and, with --ddim-steps, with deterministic DDIM too. Besides the training loss (with dropout on, when there is
 dropout) it reports the loss in eval mode on 1,000 training digits with fixed t and eps, the same for every setting.
 
-    python tests/tune.py --bf16 --steps 600 --batch 32 --lr 2.5e-4 5e-4 1e-3 --n 500       # 2-core CPU, ~20 minutes
-    python tests/tune.py --seconds 60 --batch 128 --lr 5e-4 1e-3 2e-3 --dims 32 64 --n 1000  # one GPU
-    python tests/tune.py --bf16 --steps 600 --batch 32 --lr 1e-3 --dropout 0 0.1 --n 500      # dropout, 2-core CPU
-    python tests/tune.py --bf16 --steps 3000 --batch 32 --lr 5e-4 --dropout 0 0.1 --n 1000 --ddim-steps 50  # ~40 min
-    python tests/tune.py --bf16 --seconds 420 --batch 32 --lr 5e-4 --dims 16 32 64 --n 500     # width, same minutes
-    python tests/tune.py --bf16 --seconds 420 --batch 16 64 128 --lr 1e-3 --lr-at-batch 128 --n 500  # batch, same minutes
+    python experiments/tune.py --bf16 --steps 600 --batch 32 --lr 2.5e-4 5e-4 1e-3 --n 500       # 2-core CPU, ~20 minutes
+    python experiments/tune.py --seconds 60 --batch 128 --lr 5e-4 1e-3 2e-3 --dims 32 64 --n 1000  # one GPU
+    python experiments/tune.py --bf16 --steps 600 --batch 32 --lr 1e-3 --dropout 0 0.1 --n 500      # dropout, 2-core CPU
+    python experiments/tune.py --bf16 --steps 3000 --batch 32 --lr 5e-4 --dropout 0 0.1 --n 1000 --ddim-steps 50  # ~40 min
+    python experiments/tune.py --bf16 --seconds 420 --batch 32 --lr 5e-4 --dims 16 32 64 --n 500     # width, same minutes
+    python experiments/tune.py --bf16 --seconds 420 --batch 16 64 128 --lr 1e-3 --lr-at-batch 128 --n 500  # batch, same minutes
 
 --dims, --lr, --dropout, --batch and --warmup each take several values; every combination is trained. With
 --lr-at-batch B the learning rates are peaks at batch B, scaled by sqrt(batch / B) for each batch tried, the rule the
@@ -33,10 +33,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # notebook_code
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import helper_functions as hf  # noqa: E402
-from notebook_code import notebook_classes  # noqa: E402
+from notebook_code import notebook_classes, notebook_settings  # noqa: E402
+
+SETTINGS = notebook_settings("DDPM.ipynb")  # the notebook's own values are the defaults of the sweep
 
 
 @torch.no_grad()
@@ -44,13 +46,13 @@ def fixed_noise_loss(model, x0: torch.Tensor, schedule: hf.NoiseSchedule, seed: 
     """|| eps - eps_theta(x_t, t) ||^2 in eval mode over x0, with t and eps drawn once from `seed`: comparable across
     settings, and free of dropout's noise."""
     generator = torch.Generator().manual_seed(seed)
-    t = torch.randint(0, schedule.timesteps, (len(x0),), generator=generator).to(x0.device)
+    t = torch.randint(0, schedule.T, (len(x0),), generator=generator).to(x0.device)
     eps = torch.randn(x0.shape, generator=generator).to(x0.device)
     was_training = model.training
     model.eval()
     total = 0.0
     for i in range(0, len(x0), batch):
-        x_t = hf.q_sample(x0[i:i + batch], t[i:i + batch], schedule, noise=eps[i:i + batch])
+        x_t = hf.q_sample(x0[i:i + batch], t[i:i + batch], schedule, eps=eps[i:i + batch])
         total += torch.nn.functional.mse_loss(model(x_t, t[i:i + batch]).float(), eps[i:i + batch], reduction="sum").item()
     model.train(was_training)
     return total / eps.numel()
@@ -75,13 +77,13 @@ def setting_name(dim: int, peak_lr: float, dropout: float, batch: int, warmup: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lr", type=float, nargs="+", default=[1e-3], help="peak Adam learning rates to try")
-    parser.add_argument("--dims", type=int, nargs="+", default=[32], help="U-Net widths to try")
+    parser.add_argument("--lr", type=float, nargs="+", default=[SETTINGS["LEARNING_RATE"]], help="peak Adam learning rates to try")
+    parser.add_argument("--dims", type=int, nargs="+", default=[SETTINGS["DIM"]], help="U-Net widths to try")
     parser.add_argument("--dropout", type=float, nargs="+", default=[0.0], help="ResNet-block dropout rates to try")
-    parser.add_argument("--batch", type=int, nargs="+", default=[32], help="batch sizes to try")
+    parser.add_argument("--batch", type=int, nargs="+", default=[SETTINGS["CPU_BATCH_SIZE"]], help="batch sizes to try")
     parser.add_argument("--lr-at-batch", type=int, default=None,
                         help="the --lr values are peaks at this batch, scaled by sqrt(batch / it) (notebook: 128)")
-    parser.add_argument("--warmup", type=int, nargs="+", default=[200], help="linear warm-up steps to try")
+    parser.add_argument("--warmup", type=int, nargs="+", default=[SETTINGS["WARMUP_STEPS"]], help="linear warm-up steps to try")
     parser.add_argument("--steps", type=int, default=600, help="training steps per setting (the budget on a CPU)")
     parser.add_argument("--seconds", type=float, default=None, help="wall-clock budget per setting instead of --steps")
     parser.add_argument("--n", type=int, default=500, help="samples scored per setting")
@@ -104,7 +106,7 @@ def main() -> None:
     notebook = notebook_classes("DDPM.ipynb")
     images, labels = hf.load_mnist_subset()
     x0 = (images * 2 - 1).to(device)  # the notebook's x0 = 2x - 1, all 5,000 shipped digits
-    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000)).to(device)
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(SETTINGS["T"], SETTINGS["BETA_START"], SETTINGS["BETA_END"])).to(device)
     reference = hf.QualityReference(hf.load_classifier(), images, labels)
     floor = hf.reference_scores(reference, args.n, seed=args.seed)["real"]
     budget = f"{args.seconds:g} s" if args.seconds else f"{args.steps} steps"
