@@ -645,13 +645,19 @@ def reference_scores(reference: QualityReference, n: int, seed: int = 0, draws: 
     return {"real": real_scores, "noise": sample_quality(noise, reference, value_range=(0, 1))}
 
 
-def format_quality(name: str, scores: dict[str, float]) -> str:
-    """One aligned line of the measure, for printing tables (a floor averaged over draws says so at the end)."""
-    line = (f"{name:<34s} FD {scores['classifier_fd']:8.2f}   confidence {scores['confidence']:.3f}   "
+def format_quality(name: str, scores: dict[str, float], floor: dict[str, float] | None = None) -> str:
+    """One aligned line of the measure, for printing tables. A floor averaged over draws says so at the end; with
+    floor (reference_scores' "real" at the same n) the line ends with that floor's FD and its spread between draws."""
+    line = (f"{name:<30s} FD {scores['classifier_fd']:8.2f}   confidence {scores['confidence']:.3f}   "
             f"class spread {scores['class_spread']:.3f}   copies {scores['copy_fraction']:.3f}   (n = {scores['n']}")
     if scores.get("draws", 1) > 1:
         line += f", mean of {scores['draws']} draws, FD sd {scores['classifier_fd_sd']:.2f}"
-    return line + ")"
+    line += ")"
+    if floor is not None:
+        if floor["n"] != scores["n"]:
+            raise ValueError(f"the floor was measured at n = {floor['n']}, the samples at n = {scores['n']}: an FD depends on n")
+        line += f"   floor {floor['classifier_fd']:.2f} ± {floor['classifier_fd_sd']:.2f}"
+    return line
 
 # ----------------------------------------------------------------------------- plotting and files
 
@@ -701,17 +707,17 @@ def plot_sampling_history(
     history: dict[str, list[torch.Tensor]], final_images: torch.Tensor, title: str = "", n_show: int = 8
 ) -> plt.Figure:
     """One row per sampler step (inputs left, predictions right) and a last row with the final images."""
-    n_steps = len(history["inputs"])
-    fig, axes = plt.subplots(n_steps + 1, 2, figsize=(6.4, 0.42 * (n_steps + 1) + 0.5), squeeze=False)
-    for i in range(n_steps):
+    steps = len(history["inputs"])
+    fig, axes = plt.subplots(steps + 1, 2, figsize=(6.4, 0.42 * (steps + 1) + 0.5), squeeze=False)
+    for i in range(steps):
         show_images(history["inputs"][i][:n_show], ax=axes[i, 0], nrow=n_show)
         show_images(history["predictions"][i][:n_show], ax=axes[i, 1], nrow=n_show)
         axes[i, 0].text(-4, 16, f"step {i}", ha="right", va="center", fontsize=8)
     axes[0, 0].set_title("input to the model", fontsize=10)
     axes[0, 1].set_title("model's prediction", fontsize=10)
-    show_images(final_images[:n_show], ax=axes[n_steps, 0], nrow=n_show)
-    axes[n_steps, 0].text(-4, 16, "final", ha="right", va="center", fontsize=8, weight="bold")
-    axes[n_steps, 1].set_axis_off()
+    show_images(final_images[:n_show], ax=axes[steps, 0], nrow=n_show)
+    axes[steps, 0].text(-4, 16, "final", ha="right", va="center", fontsize=8, weight="bold")
+    axes[steps, 1].set_axis_off()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
