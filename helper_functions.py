@@ -51,6 +51,7 @@ def is_smoke_test(environ: dict | None = None) -> bool:
     environ = os.environ if environ is None else environ
     return environ.get(SMOKE_TEST_ENV) == "1" or "CI" in environ
 
+
 def choose_device(verbose: bool = True) -> torch.device:
     """Pick cuda, then mps, then cpu, and print the choice on one line."""
     if torch.cuda.is_available():
@@ -63,15 +64,18 @@ def choose_device(verbose: bool = True) -> torch.device:
         print(f"Using device: {device}")
     return device
 
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and PyTorch (all devices) so that a run repeats."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of trainable parameters of a model."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
 
 # ----------------------------------------------------------------------------- data
 
@@ -86,12 +90,14 @@ def offline_data_forced(environ: dict | None = None) -> bool:
     environ = os.environ if environ is None else environ
     return environ.get(OFFLINE_DATA_ENV) == "1"
 
+
 def load_mnist_subset(path: Path | str = SUBSET_PATH) -> tuple[torch.Tensor, torch.Tensor]:
     """The shipped 5,000 real MNIST digits: images (N, 1, 28, 28) in [0, 1] and labels (N,)."""
     with np.load(path) as archive:
         images = torch.from_numpy(archive["images"]).float().div(255.0).unsqueeze(1)
         labels = torch.from_numpy(archive["labels"]).long()
     return images, labels
+
 
 def _host_reachable(url: str, timeout: float) -> bool:
     """Whether a TCP connection to url's host opens within timeout seconds (DNS included)."""
@@ -111,6 +117,7 @@ def _host_reachable(url: str, timeout: float) -> bool:
     thread.start()
     thread.join(timeout)
     return result["ok"]
+
 
 def load_dataset(
     name: str = "mnist",
@@ -162,6 +169,7 @@ def load_dataset(
     print(f"Loaded {name} ({'train' if train else 'test'}) through torchvision: {len(images):,} images.")
     return images, labels
 
+
 def take_subset(
     images: torch.Tensor, labels: torch.Tensor, count: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,6 +179,7 @@ def take_subset(
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(images), generator=generator)[: min(count, len(images))]
     return images[order], labels[order]
+
 
 # ----------------------------------------------------------------------------- noising (the toy model)
 
@@ -200,6 +209,7 @@ def corrupt(x: torch.Tensor, amount: torch.Tensor | float, noise: torch.Tensor |
         raise ValueError(f"noise shape {tuple(noise.shape)} does not match x shape {tuple(x.shape)}")
     a = amount.view(-1, *([1] * (x.dim() - 1)))  # (B,) -> (B, 1, 1, 1) to broadcast over pixels
     return x * (1 - a) + noise * a
+
 
 # ----------------------------------------------------------------------------- schedules and the forward process (DDPM)
 
@@ -274,6 +284,7 @@ def extract(constants: torch.Tensor, t: torch.Tensor, x_shape: Sequence[int]) ->
     """Pick constants[t] for a batch of timesteps t (B,) and shape it (B, 1, 1, ...) to broadcast over x."""
     return constants.to(t.device)[t].view(-1, *([1] * (len(x_shape) - 1)))
 
+
 def check_timesteps(t: torch.Tensor, batch_size: int, T: int) -> None:
     """Raise a clear error unless t is an integer tensor (B,) with values in 0 ... T-1.
 
@@ -340,6 +351,7 @@ def _standard_normal(shape: Sequence[int], like: torch.Tensor, generator: torch.
     if generator is None:
         return torch.randn(tuple(shape), device=like.device, dtype=like.dtype)
     return torch.randn(tuple(shape), generator=generator, device=generator.device).to(like.device, like.dtype)
+
 
 @torch.inference_mode()
 def p_sample(
@@ -507,6 +519,7 @@ class MnistClassifier(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.features(x)))
 
+
 def split_held_out(labels: torch.Tensor, per_class: int = HELD_OUT_PER_CLASS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (train, held_out) with per_class random digits of each class held out, seeded."""
     generator = torch.Generator().manual_seed(seed)
@@ -521,12 +534,14 @@ def split_held_out(labels: torch.Tensor, per_class: int = HELD_OUT_PER_CLASS, se
     mask[held_out] = False
     return mask.nonzero().flatten(), held_out
 
+
 def load_classifier(path: Path | str = CLASSIFIER_PATH) -> MnistClassifier:
     """The shipped measuring classifier (weights_only load), in eval mode."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model = MnistClassifier()
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
+
 
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two feature sets (N, D), in float64."""
@@ -540,6 +555,7 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     sqrt_a = eigenvectors @ torch.diag(eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
     trace_sqrt = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
     return ((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt).item()
+
 
 def nearest_distances(queries: torch.Tensor, references: torch.Tensor, exclude_self: bool = False,
                       exclude_identical: bool = False) -> torch.Tensor:
@@ -558,6 +574,7 @@ def nearest_distances(queries: torch.Tensor, references: torch.Tensor, exclude_s
             d[d < 1e-3] = float("inf")  # cdist's matrix-product form leaves ~1e-7 for identical images
         out.append(d.min(1).values)
     return torch.cat(out).float()
+
 
 class QualityReference:
     """What sample_quality compares against: the classifier, real features, the training images and a copy threshold.
@@ -581,6 +598,7 @@ class QualityReference:
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Classifier features of images in [0, 1]."""
         return torch.cat([self.classifier.features(chunk) for chunk in images.float().split(1000)])
+
 
 @torch.inference_mode()
 def sample_quality(samples: torch.Tensor, reference: QualityReference, value_range: tuple[float, float] = (-1.0, 1.0),
@@ -609,6 +627,7 @@ def sample_quality(samples: torch.Tensor, reference: QualityReference, value_ran
         "n": len(images),
     }
 
+
 def score_sampler(sampler: Callable[[int, torch.Generator], torch.Tensor], reference: QualityReference, n: int,
                   batch_size: int, seed: int, device: torch.device | str = "cpu") -> tuple[dict[str, float], float]:
     """Draw n samples as sampler(size, generator) calls of at most batch_size images, all from one generator seeded
@@ -621,6 +640,7 @@ def score_sampler(sampler: Callable[[int, torch.Generator], torch.Tensor], refer
     samples = sample_in_batches(lambda size: sampler(size, generator), n, batch_size).clamp(-1, 1)
     seconds = time.perf_counter() - start  # sample_in_batches moved the samples to the CPU: the device has finished
     return sample_quality(samples, reference), seconds
+
 
 def reference_scores(reference: QualityReference, n: int, seed: int = 0, draws: int = 10) -> dict[str, dict[str, float]]:
     """The same measure for real held-out digits (the floor to aim at) and for n images of pure uniform noise.
@@ -659,6 +679,7 @@ def format_quality(name: str, scores: dict[str, float], floor: dict[str, float] 
         line += f"   floor {floor['classifier_fd']:.2f} ± {floor['classifier_fd_sd']:.2f}"
     return line
 
+
 # ----------------------------------------------------------------------------- plotting and files
 
 
@@ -666,6 +687,7 @@ def to_unit_range(images: torch.Tensor, value_range: tuple[float, float]) -> tor
     """Images mapped from value_range to [0, 1] (clipped), as float32 on the CPU."""
     low, high = value_range
     return ((images.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
+
 
 def show_images(
     images: torch.Tensor,
@@ -686,6 +708,7 @@ def show_images(
         ax.set_title(title)
     return ax
 
+
 def plot_loss_curve(losses: Sequence[float], ax: plt.Axes | None = None, smoothing: int = 50, title: str = "Training loss") -> plt.Axes:
     """Per-step losses (faint) and their running mean over smoothing steps, on a log scale."""
     losses = np.asarray(losses, dtype=np.float64)
@@ -702,6 +725,7 @@ def plot_loss_curve(losses: Sequence[float], ax: plt.Axes | None = None, smoothi
     ax.set_title(title)
     ax.legend()
     return ax
+
 
 def plot_sampling_history(
     history: dict[str, list[torch.Tensor]], final_images: torch.Tensor, title: str = "", n_show: int = 8
@@ -722,6 +746,7 @@ def plot_sampling_history(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
 
 def show_source(function: Callable) -> "IPython.display.Code":
     """A function's own source as highlighted code, to display in a notebook right under the equation it computes."""
@@ -754,11 +779,13 @@ def output_path(name: str, suffix: str, smoke: bool | None = None) -> Path:
         raise ValueError(f"output name must be a bare file stem like 'toy_forward_process' (no folder, no {suffix}), got {name!r}")
     return figure_folder(smoke) / f"{name}{suffix}"
 
+
 def save_figure(fig: plt.Figure, name: str, smoke: bool | None = None, dpi: int = FIGURE_DPI) -> Path:
     """Write fig as <folder>/<name>.png (folder from figure_folder) and return the path."""
     path = output_path(name, ".png", smoke)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white", metadata={"Software": None})
     return path
+
 
 def save_gif(frames: Sequence[torch.Tensor], name: str, smoke: bool | None = None, nrow: int = 8,
              value_range: tuple[float, float] = (-1.0, 1.0), frame_ms: int = 80, hold_last_ms: int = 1500) -> Path:
@@ -774,6 +801,7 @@ def save_gif(frames: Sequence[torch.Tensor], name: str, smoke: bool | None = Non
     durations = [frame_ms] * (len(images) - 1) + [hold_last_ms]
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=True)
     return path
+
 
 def is_shipped_file(path: Path | str) -> bool:
     """True for a path inside data/, where the shipped data, weights and classifier live."""
@@ -800,6 +828,7 @@ def save_weights(model: torch.nn.Module, path: Path | str, config: dict, metadat
 def weights_metadata(path: Path | str) -> dict:
     """The metadata stored by save_weights (an empty dict for files written without any)."""
     return torch.load(path, map_location="cpu", weights_only=True).get("metadata", {})
+
 
 def load_weights(model: torch.nn.Module, path: Path | str, config: dict) -> torch.nn.Module:
     """Load weights written by save_weights into model, after checking that they were made with the same config."""
@@ -876,6 +905,7 @@ def cuda_graphed(fn: Callable[..., torch.Tensor], *example_inputs: torch.Tensor,
         return static_output.clone()
 
     return replay
+
 
 def graphed_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """model(x, t) for a sampler, recorded as a CUDA graph (cuda_graphed) the first time it meets each batch shape.
