@@ -1,7 +1,7 @@
 """Shared helpers for the Diffusion Playground notebooks.
 
-Sections, in the order the notebooks use them: setup, data, noising, schedules and the forward process, sampling,
-measuring, plotting and files, and last the optional fast paths (bfloat16, CUDA graphs).
+Sections, in the order the notebooks use them: setup, data, noising, schedules and the forward process, the U-Net,
+training, sampling, measuring, plotting and files, and last the optional fast paths (bfloat16, CUDA graphs).
 Every function takes what it needs as arguments; nothing here reads a notebook's globals.
 
 Names: T is the number of diffusion timesteps the model was trained on, `steps` the number a sampler takes; eps is
@@ -10,6 +10,7 @@ the noise of the forward process (q_sample), z the fresh noise of a reverse step
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import os
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch import nn
 from PIL import Image
 from torchvision.utils import make_grid
 from tqdm import tqdm
@@ -36,6 +38,7 @@ DATA_DIR = PROJECT_DIR / "data"          # shipped files: the data subset, the w
 RUNS_DIR = PROJECT_DIR / "runs"          # git-ignored: what a reader's own runs write
 SUBSET_PATH = DATA_DIR / "mnist_5k.npz"
 SHIPPED_WEIGHTS_PATH = DATA_DIR / "ddpm_mnist_ema.pt"
+SHIPPED_GUIDED_WEIGHTS_PATH = DATA_DIR / "guided_mnist_ema.pt"
 CLASSIFIER_PATH = DATA_DIR / "mnist_classifier.pt"
 
 SMOKE_TEST_ENV = "SMOKE_TEST"
@@ -315,6 +318,352 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, eps: to
     return extract(schedule.sqrt_alphas_cumprod, t, x0.shape) * x0 + extract(schedule.sqrt_one_minus_alphas_cumprod, t, x0.shape) * eps
 
 
+# ----------------------------------------------------------------------------- the U-Net (DDPM, and with class labels)
+
+
+class SinusoidalTimestepEmbedding(nn.Module):
+    """t (B,) -> (B, dim): sines and cosines of t at dim/2 geometrically spaced frequencies (Transformer, sec. 3.5)."""
+
+    def __init__(self, dim: int, max_period: float = 10000.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"the embedding size must be even (half sines, half cosines), got {dim}")
+        # frequencies omega_k = max_period^(-k / (dim/2 - 1)), k = 0 ... dim/2 - 1
+        exponents = torch.arange(dim // 2, dtype=torch.float64) / (dim // 2 - 1)
+        self.register_buffer("frequencies", (max_period ** -exponents).float(), persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t.float()[:, None] * self.frequencies[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class ConvNormAct(nn.Module):
+    """3x3 conv -> GroupNorm -> (optional x * (scale + 1) + shift from the time embedding) -> SiLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm = nn.GroupNorm(groups, out_channels)
+        self.act = nn.SiLU()
+
+    def forward(self, x, scale_shift=None):
+        x = self.norm(self.conv(x))
+        if scale_shift is not None:
+            scale, shift = scale_shift
+            x = x * (scale + 1) + shift
+        return self.act(x)
+
+
+class ResnetBlock(nn.Module):
+    """Two ConvNormAct sub-blocks with dropout between them; the time embedding scales and shifts the first; a 1x1
+    conv matches channels on the skip."""
+
+    def __init__(self, in_channels: int, out_channels: int, time_dim: int, groups: int = 8, dropout: float = 0.0):
+        super().__init__()
+        self.time_mlp = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, out_channels * 2))
+        self.block1 = ConvNormAct(in_channels, out_channels, groups)
+        self.dropout = nn.Dropout(dropout)  # no weights: the same state dict for any dropout
+        self.block2 = ConvNormAct(out_channels, out_channels, groups)
+        self.residual = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x, time_embedding):
+        scale_shift = self.time_mlp(time_embedding)[:, :, None, None].chunk(2, dim=1)
+        h = self.block1(x, scale_shift)
+        h = self.block2(self.dropout(h))
+        return h + self.residual(x)
+
+
+class LinearAttention(nn.Module):
+    """Attention in O(HW): softmax over features for q and over positions for k, then (k v^T) q (Shen et al. 2018)."""
+
+    def __init__(self, channels: int, heads: int = 4, dim_head: int = 32):
+        super().__init__()
+        self.heads, self.scale = heads, dim_head ** -0.5
+        hidden = heads * dim_head
+        self.to_qkv = nn.Conv2d(channels, hidden * 3, 1, bias=False)
+        self.to_out = nn.Sequential(nn.Conv2d(hidden, channels, 1), nn.GroupNorm(1, channels))
+
+    def forward(self, x):
+        b, _, height, width = x.shape
+        q, k, v = (part.reshape(b, self.heads, -1, height * width) for part in self.to_qkv(x).chunk(3, dim=1))
+        q = q.softmax(dim=-2) * self.scale     # over the dim_head features of each position
+        k = k.softmax(dim=-1)                  # over the positions
+        context = k @ v.transpose(-1, -2)      # (b, heads, d, d): a summary of the whole image
+        out = context.transpose(-1, -2) @ q    # (b, heads, d, HW)
+        return self.to_out(out.reshape(b, -1, height, width))
+
+
+class Attention(nn.Module):
+    """Full multi-head self-attention over all positions, through PyTorch's scaled_dot_product_attention."""
+
+    def __init__(self, channels: int, heads: int = 4, dim_head: int = 32):
+        super().__init__()
+        self.heads = heads
+        hidden = heads * dim_head
+        self.to_qkv = nn.Conv2d(channels, hidden * 3, 1, bias=False)
+        self.to_out = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x):
+        b, _, height, width = x.shape
+        # (b, 3 * hidden, h, w) -> three tensors (b, heads, HW, dim_head)
+        q, k, v = (part.reshape(b, self.heads, -1, height * width).transpose(-1, -2) for part in self.to_qkv(x).chunk(3, dim=1))
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
+        return self.to_out(out.transpose(-1, -2).reshape(b, -1, height, width))
+
+
+class PreNormResidual(nn.Module):
+    """x + fn(norm(x)): normalise first, then add the block's output back (pre-norm residual)."""
+
+    def __init__(self, channels: int, fn: nn.Module):
+        super().__init__()
+        self.norm = nn.GroupNorm(1, channels)  # one group: layer norm over channels and positions
+        self.fn = fn
+
+    def forward(self, x):
+        return x + self.fn(self.norm(x))
+
+
+class Downsample(nn.Module):
+    """Halve the resolution without losing a pixel: pixel-unshuffle (2x2 -> 4 channels), then a 1x1 conv."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.conv = nn.Conv2d(in_channels * 4, out_channels, 1)
+
+    def forward(self, x):
+        return self.conv(self.unshuffle(x))
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour copies, then a 3x3 conv to smooth them."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(self.up(x))
+
+
+class DownStage(nn.Module):
+    """One encoder level: two ResNet blocks, linear attention, then down-sampling (or a plain conv at the last level)."""
+
+    def __init__(self, in_channels, out_channels, time_dim, is_last, dropout=0.0):
+        super().__init__()
+        self.block1 = ResnetBlock(in_channels, in_channels, time_dim, dropout=dropout)
+        self.block2 = ResnetBlock(in_channels, in_channels, time_dim, dropout=dropout)
+        self.attention = PreNormResidual(in_channels, LinearAttention(in_channels))
+        self.downsample = nn.Conv2d(in_channels, out_channels, 3, padding=1) if is_last else Downsample(in_channels, out_channels)
+
+
+class UpStage(nn.Module):
+    """One decoder level: each ResNet block first concatenates a skip from the encoder; then attention and up-sampling."""
+
+    def __init__(self, in_channels, out_channels, time_dim, is_last, dropout=0.0):
+        super().__init__()
+        self.block1 = ResnetBlock(out_channels + in_channels, out_channels, time_dim, dropout=dropout)
+        self.block2 = ResnetBlock(out_channels + in_channels, out_channels, time_dim, dropout=dropout)
+        self.attention = PreNormResidual(out_channels, LinearAttention(out_channels))
+        self.upsample = nn.Conv2d(out_channels, in_channels, 3, padding=1) if is_last else Upsample(out_channels, in_channels)
+
+
+class Unet(nn.Module):
+    """eps_theta(x_t, t): predicts the noise in x_t. Channels dim * dim_mults per level, as in denoising-diffusion-pytorch.
+
+    With num_classes it is eps_theta(x_t, t, c): a learned vector per class label 0 ... num_classes - 1, and one more
+    for "no label" (the label num_classes, `null_label`), is added to the time embedding. The class vectors start at
+    zero, so a fresh class-conditional U-Net computes what the same weights compute without labels.
+    """
+
+    def __init__(self, dim: int = 32, dim_mults=(1, 2, 4), channels: int = 1, dropout: float = 0.0,
+                 num_classes: int | None = None):
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout is the share of activations zeroed while training and must lie in [0, 1), got {dropout}")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes is the number of class labels (10 for digits), or None for no labels; got {num_classes}")
+        self.dim, self.dim_mults, self.channels, self.dropout = dim, tuple(dim_mults), channels, dropout
+        self.num_classes = num_classes
+        self.downsample_factor = 2 ** (len(dim_mults) - 1)
+        time_dim = dim * 4
+        self.time_mlp = nn.Sequential(
+            SinusoidalTimestepEmbedding(dim), nn.Linear(dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim)
+        )
+        if num_classes is not None:
+            self.class_embedding = nn.Embedding(num_classes + 1, time_dim)  # the last row is "no label"
+            nn.init.zeros_(self.class_embedding.weight)
+        self.init_conv = nn.Conv2d(channels, dim, 7, padding=3)
+        widths = [dim] + [dim * m for m in dim_mults]
+        pairs = list(zip(widths[:-1], widths[1:]))  # (1, 2, 4) -> (d, d), (d, 2d), (2d, 4d)
+        self.downs = nn.ModuleList(
+            DownStage(c_in, c_out, time_dim, is_last=(i == len(pairs) - 1), dropout=dropout) for i, (c_in, c_out) in enumerate(pairs)
+        )
+        mid = widths[-1]
+        self.mid_block1 = ResnetBlock(mid, mid, time_dim, dropout=dropout)
+        self.mid_attention = PreNormResidual(mid, Attention(mid))
+        self.mid_block2 = ResnetBlock(mid, mid, time_dim, dropout=dropout)
+        self.ups = nn.ModuleList(
+            UpStage(c_in, c_out, time_dim, is_last=(i == len(pairs) - 1), dropout=dropout) for i, (c_in, c_out) in enumerate(reversed(pairs))
+        )
+        self.final_block = ResnetBlock(dim * 2, dim, time_dim, dropout=dropout)
+        self.final_conv = nn.Conv2d(dim, channels, 1)
+
+    def check_size(self, height: int, width: int) -> None:
+        """Refuse image sizes that the down-sampling cannot halve exactly."""
+        f = self.downsample_factor
+        if height % f or width % f:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by {f} (the U-Net halves it {len(self.dim_mults) - 1} times); "
+                f"use a multiple of {f} such as 28 or 32, or pad, e.g. F.pad(x, (2, 2, 2, 2)) turns 28 into 32"
+            )
+
+    @property
+    def null_label(self) -> int:
+        """The label that means "no label" (classifier-free guidance's empty condition)."""
+        if self.num_classes is None:
+            raise ValueError("this U-Net was built without num_classes: it takes no labels")
+        return self.num_classes
+
+    def check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
+        """Refuse labels that are not one integer in 0 ... num_classes per image."""
+        if self.num_classes is None:
+            raise ValueError("this U-Net was built without num_classes, so it takes no labels; build it with num_classes=10")
+        if labels.shape != (batch_size,) or labels.is_floating_point():
+            raise ValueError(f"labels must be one integer per image, shape ({batch_size},); got {tuple(labels.shape)} {labels.dtype}")
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            return  # reading the values would stop a CUDA graph's recording; they were checked on the eager calls
+        if labels.numel() and (labels.min() < 0 or labels.max() > self.num_classes):
+            raise ValueError(f"labels must lie in 0 ... {self.num_classes - 1}, or {self.num_classes} for no label; "
+                             f"got values from {labels.min().item()} to {labels.max().item()}")
+
+    def forward(self, x, t, labels=None):
+        self.check_size(*x.shape[-2:])
+        time_embedding = self.time_mlp(t)
+        if self.num_classes is not None:  # no labels given: every image gets "no label"
+            labels = torch.full((len(x),), self.num_classes, device=x.device) if labels is None else labels
+            self.check_labels(labels, len(x))
+            time_embedding = time_embedding + self.class_embedding(labels)
+        elif labels is not None:
+            self.check_labels(labels, len(x))  # raises: no labels without num_classes
+        x = self.init_conv(x)
+        initial = x
+        skips = []
+        for stage in self.downs:
+            x = stage.block1(x, time_embedding)
+            skips.append(x)
+            x = stage.attention(stage.block2(x, time_embedding))
+            skips.append(x)
+            x = stage.downsample(x)
+        x = self.mid_block2(self.mid_attention(self.mid_block1(x, time_embedding)), time_embedding)
+        for stage in self.ups:
+            x = stage.block1(torch.cat([x, skips.pop()], dim=1), time_embedding)
+            x = stage.block2(torch.cat([x, skips.pop()], dim=1), time_embedding)
+            x = stage.upsample(stage.attention(x))
+        x = self.final_block(torch.cat([x, initial], dim=1), time_embedding)
+        return self.final_conv(x)
+
+
+# ----------------------------------------------------------------------------- training (Algorithm 1's recipe)
+
+
+def random_batches(data, batch_size):
+    """Endless batches of batch_size rows of data (on its device): each epoch is a fresh random permutation.
+
+    data is one tensor, or a tuple of tensors with the same number of rows (images and their labels), batched alike.
+    """
+    tensors = data if isinstance(data, tuple) else (data,)
+    if any(len(tensor) != len(tensors[0]) for tensor in tensors):
+        raise ValueError(f"the tensors of data must have the same number of rows, got {[len(tensor) for tensor in tensors]}")
+    if not 1 <= batch_size <= len(tensors[0]):
+        raise ValueError(f"batch_size must lie in 1 ... {len(tensors[0])} (the number of training images), got {batch_size}")
+    while True:
+        order = torch.randperm(len(tensors[0]), device=tensors[0].device)
+        for first in range(0, len(order) - batch_size + 1, batch_size):
+            rows = order[first:first + batch_size]
+            yield tuple(tensor[rows] for tensor in tensors) if isinstance(data, tuple) else data[rows]
+
+
+class EMA:
+    """A frozen copy of the model whose weights follow theta_bar <- d_n theta_bar + (1 - d_n) theta after update n,
+    with the warm-up d_n = min(decay, (1 + n) / (10 + n)) (warmup=False keeps d_n = decay from the start)."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"the EMA decay must lie strictly between 0 and 1, got {decay}")
+        self.decay, self.warmup, self.updates = decay, warmup, 0
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def current_decay(self) -> float:
+        """d_n for the next update."""
+        # d_n = min(d, (1 + n) / (10 + n))
+        return min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        # theta_bar <- d_n theta_bar + (1 - d_n) theta, all tensors at once
+        average_into = torch.optim.swa_utils.get_ema_multi_avg_fn(self.current_decay())
+        average_into(list(self.module.parameters()), list(model.parameters()), None)
+        self.updates += 1
+
+
+def learning_rate(step: int, fraction_done: float, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up to `peak` over warmup_steps (0: none), times a cosine decay from 1 to 0 as fraction_done goes 0 -> 1."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps is a number of steps, 0 for no warm-up; got {warmup_steps}")
+    warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    return peak * warmup * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction_done)))
+
+
+def train_ddpm(model, ema_models, optimizer, loss_fn, data, batch_size, max_steps, peak_lr, warmup_steps,
+               grad_clip, max_seconds=None, bf16=False, cuda_graph=False):
+    """Algorithm 1 until max_steps or max_seconds: loss_fn(*batch) is the loss of one batch of data (a tensor, or a
+    tuple of tensors such as images and labels, on the model's device); returns the per-step losses."""
+
+    def loss_and_gradients(*batch):
+        with torch.autocast(batch[0].device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(*batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        return loss.detach()
+
+    losses = []
+    batches = (batch if isinstance(batch, tuple) else (batch,) for batch in random_batches(data, batch_size))
+    if cuda_graph:
+        loss_and_gradients = cuda_graphed(loss_and_gradients, *next(batches))  # recorded once, replayed every step
+    progress = tqdm(total=None if max_seconds is not None else max_steps, desc="training", mininterval=5)
+    start = time.perf_counter()
+    for step in range(max_steps):
+        elapsed = time.perf_counter() - start
+        if max_seconds is not None and elapsed >= max_seconds:
+            break
+        fraction_done = max(step / max_steps, elapsed / max_seconds if max_seconds else 0.0)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, fraction_done, peak_lr, warmup_steps)
+        losses.append(loss_and_gradients(*next(batches)))
+        optimizer.step()
+        for ema in ema_models:
+            ema.update(model)
+        progress.update()
+        if len(losses) % 50 == 0:
+            recent = torch.stack(losses[-50:])
+            if not torch.isfinite(recent).all():
+                raise FloatingPointError(
+                    f"the loss became {recent[~torch.isfinite(recent)][0].item()} near step {len(losses)}: training "
+                    "diverged; lower LEARNING_RATE or GRAD_CLIP, or lengthen WARMUP_STEPS, and run again"
+                )
+            progress.set_postfix(loss=f"{recent.mean().item():.4f}")
+    progress.close()
+    if not losses:
+        return []
+    losses = torch.stack(losses).float().cpu()
+    if not torch.isfinite(losses).all():
+        raise FloatingPointError("the loss became non-finite in the last steps: training diverged; lower LEARNING_RATE")
+    return losses.tolist()
+
+
 # ----------------------------------------------------------------------------- sampling
 
 
@@ -589,6 +938,7 @@ class QualityReference:
         self.classifier = classifier.eval()
         half, other = split_held_out(real_labels, per_class=int((real_labels == real_labels[0]).sum()) // 2, seed=seed)
         self.holdout_images, self.reference_images = real_images[half], real_images[other]
+        self.holdout_labels = real_labels[half]
         self.reference_features = self.features(self.reference_images)
         self.training_images = real_images if training_images is None else training_images
         self.copy_quantile = copy_quantile
@@ -680,6 +1030,70 @@ def format_quality(name: str, scores: dict[str, float], floor: dict[str, float] 
     return line
 
 
+def within_class_distance(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Diversity: the mean pixel L2 distance between two different images of the same label, averaged over the labels
+    (images in [0, 1]); digits that all look alike score low."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels: give one label per image")
+    means = []
+    for label in labels.unique():
+        members = images[labels == label].flatten(1).double()
+        if len(members) < 2:
+            raise ValueError(f"label {label.item()} has {len(members)} image; a distance needs at least 2 per label")
+        distances = torch.cdist(members, members)
+        means.append(distances.sum() / (len(members) * (len(members) - 1)))  # the diagonal is zero
+    return torch.stack(means).mean().item()
+
+
+@torch.inference_mode()
+def conditional_quality(samples: torch.Tensor, labels: torch.Tensor, reference: QualityReference,
+                        value_range: tuple[float, float] = (-1.0, 1.0), real_digits: bool = False) -> dict[str, float]:
+    """sample_quality of samples asked to show `labels`, plus "accuracy" (the share the classifier reads as the digit
+    asked for) and "within_class_distance" (diversity). With ten digits asked equally often, the FD compares with real
+    digits of the same classes, the reference half being class-balanced too."""
+    if len(samples) != len(labels):
+        raise ValueError(f"{len(samples)} samples but {len(labels)} labels: give the label each sample was asked for")
+    scores = sample_quality(samples, reference, value_range=value_range, real_digits=real_digits)
+    images = to_unit_range(samples, value_range)
+    predicted = reference.classifier(images).argmax(1)
+    return scores | {"accuracy": (predicted == labels.cpu()).float().mean().item(),
+                     "within_class_distance": within_class_distance(images, labels.cpu())}
+
+
+def conditional_reference_scores(reference: QualityReference, per_class: int, seed: int = 0, draws: int = 10) -> dict[str, float]:
+    """conditional_quality of real held-out digits, per_class of each digit, averaged over `draws` random draws, with
+    "classifier_fd_sd" (the FD's spread between draws) beside it: the floor for class-conditional samples."""
+    generator = torch.Generator().manual_seed(seed)
+    classes = reference.holdout_labels.unique()
+    per_draw = []
+    for _ in range(draws):
+        picked = []
+        for c in classes:
+            members = (reference.holdout_labels == c).nonzero().flatten()
+            if per_class > len(members):
+                raise ValueError(f"only {len(members)} held-out real digits of class {c.item()}; ask for per_class <= that")
+            picked.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+        picked = torch.cat(picked)
+        per_draw.append(conditional_quality(reference.holdout_images[picked], reference.holdout_labels[picked], reference,
+                                            value_range=(0, 1), real_digits=True))
+    scores = {key: sum(draw[key] for draw in per_draw) / draws for key in per_draw[0] if key != "n"}
+    fds = torch.tensor([draw["classifier_fd"] for draw in per_draw], dtype=torch.float64)
+    return scores | {"n": per_draw[0]["n"], "draws": draws, "classifier_fd_sd": fds.std().item() if draws > 1 else 0.0}
+
+
+def format_guided_quality(name: str, scores: dict[str, float], floor: dict[str, float] | None = None) -> str:
+    """One aligned line of the class-conditional measure; with floor (conditional_reference_scores at the same n) the
+    real digits' FD, spread, accuracy and diversity follow."""
+    line = (f"{name:<24s} accuracy {scores['accuracy']:6.1%}   FD {scores['classifier_fd']:7.2f}   "
+            f"diversity {scores['within_class_distance']:5.2f}   copies {scores['copy_fraction']:.3f}   (n = {scores['n']})")
+    if floor is not None:
+        if floor["n"] != scores["n"]:
+            raise ValueError(f"the floor was measured at n = {floor['n']}, the samples at n = {scores['n']}: an FD depends on n")
+        line += (f"   real: FD {floor['classifier_fd']:.2f} ± {floor['classifier_fd_sd']:.2f}, accuracy {floor['accuracy']:.1%}, "
+                 f"diversity {floor['within_class_distance']:.2f}, copies {floor['copy_fraction']:.3f}")
+    return line
+
+
 # ----------------------------------------------------------------------------- plotting and files
 
 
@@ -748,11 +1162,14 @@ def plot_sampling_history(
     return fig
 
 
-def show_source(function: Callable) -> "IPython.display.Code":
-    """A function's own source as highlighted code, to display in a notebook right under the equation it computes."""
+def show_source(*definitions: Callable | type) -> "IPython.display.Code":
+    """The source of functions or classes as highlighted code, to display in a notebook right under the equation
+    or the explanation it computes."""
     from IPython.display import Code
 
-    return Code(inspect.getsource(function), language="python")
+    if not definitions:
+        raise ValueError("show_source needs at least one function or class to show")
+    return Code("\n\n".join(inspect.getsource(definition) for definition in definitions), language="python")
 
 
 def figure_folder(smoke: bool | None = None) -> Path:
@@ -853,13 +1270,14 @@ def load_weights(model: torch.nn.Module, path: Path | str, config: dict) -> torc
 
 def autocast_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device_type: str,
                    dtype: torch.dtype = torch.bfloat16) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """model(x, t) run under autocast (convolutions and matrix products in `dtype`), its output back in float32.
+    """model(x, t) (or model(x, t, labels)) run under autocast (convolutions and matrix products in `dtype`), its
+    output back in float32.
 
     The samplers keep x_t and all the schedule arithmetic in float32, so only the network's own rounding changes.
     """
-    def mixed_precision_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def mixed_precision_model(x: torch.Tensor, t: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=dtype):
-            return model(x, t).float()
+            return model(x, t, *labels).float()
 
     return mixed_precision_model
 
@@ -908,7 +1326,8 @@ def cuda_graphed(fn: Callable[..., torch.Tensor], *example_inputs: torch.Tensor,
 
 
 def graphed_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """model(x, t) for a sampler, recorded as a CUDA graph (cuda_graphed) the first time it meets each batch shape.
+    """model(x, t) (or model(x, t, labels)) for a sampler, recorded as a CUDA graph (cuda_graphed) the first time it
+    meets each batch shape.
 
     The samplers call the network once per step with the same shapes, so after the first step every call is a single
     graph launch. The graph reads the weights where they live, so in-place changes to them (an EMA update,
@@ -917,10 +1336,11 @@ def graphed_model(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -
     """
     graphs: dict[tuple, Callable[..., torch.Tensor]] = {}
 
-    def model_from_graph(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, x.device, tuple(t.shape), t.dtype)
+    def model_from_graph(x: torch.Tensor, t: torch.Tensor, *labels: torch.Tensor) -> torch.Tensor:
+        inputs = (x, t, *labels)
+        key = tuple((tuple(tensor.shape), tensor.dtype, tensor.device) for tensor in inputs)
         if key not in graphs:
-            graphs[key] = cuda_graphed(model, x, t)
-        return graphs[key](x, t)
+            graphs[key] = cuda_graphed(model, *inputs)
+        return graphs[key](*inputs)
 
     return model_from_graph

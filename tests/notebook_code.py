@@ -26,7 +26,8 @@ def notebook_classes(notebook: str) -> dict:
 
 def notebook_settings(notebook: str) -> dict:
     """The NAME = literal assignments of the notebook's configuration cell (the code cell that sets SEED), read
-    without running it; a name set by an expression (`16 if SMOKE_TEST else 3000`) is left out."""
+    without running it. A name set by `small if SMOKE_TEST else full` reads as its full-mode value when that is a
+    literal; a name set by any other expression is left out."""
     sources = ("".join(cell["source"]) for cell in code_cells(notebook))
     source = next(text for text in sources if "SEED = " in text)
     settings = {}
@@ -36,6 +37,8 @@ def notebook_settings(notebook: str) -> dict:
         target, value = statement.targets[0], statement.value
         pairs = zip(target.elts, value.elts) if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) else [(target, value)]
         for name, expression in pairs:
+            if isinstance(expression, ast.IfExp) and isinstance(expression.test, ast.Name) and expression.test.id == "SMOKE_TEST":
+                expression = expression.orelse  # the full-mode value
             try:
                 settings[name.id] = ast.literal_eval(expression)
             except ValueError:  # not a literal: not a setting to compare
