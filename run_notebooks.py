@@ -21,7 +21,7 @@ from nbclient import NotebookClient
 from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
 ROOT = Path(__file__).resolve().parent
-NOTEBOOKS = ["toy_diffusion.ipynb", "DDPM.ipynb"]
+NOTEBOOKS = ["toy_diffusion.ipynb", "DDPM.ipynb", "guided_diffusion.ipynb"]
 
 
 def cell_seconds(cell) -> float:

@@ -13,7 +13,7 @@ network whose Python already has accelerate, einops, scipy and torchvision, thre
 where there is a network, then `pip install --no-index --no-deps wheels/*.whl` there.
 
 Both models train on the 5,000 shipped digits, for the same wall-clock time, on the same device:
-- ours: the DDPM notebook's own `Unet`, `EMA`, `random_batches` and `train_ddpm` (run from DDPM.ipynb), at the
+- ours: the DDPM notebook's `Unet`, `EMA`, `random_batches`, `train_ddpm` and `ddpm_loss` (as DDPM.ipynb uses them), at the
   notebook's GPU settings, read from its configuration cell (batch 128, Adam 1e-3 with 200 warm-up steps and a cosine
   decay, dropout 0.1, the notebook's warm-up EMA at its decay 0.999 with 0.995 and 0.9995 beside it), on the fastest
   path the speed table of the same run
@@ -122,7 +122,8 @@ def train_ours(run: Run, nb: dict, x0: torch.Tensor, device: torch.device, secon
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(WEIGHTS_CONFIG["T"])).to(device)
     synchronize(device)
     start = time.perf_counter()
-    losses = nb["train_ddpm"](model, list(emas.values()), optimizer, lambda x0: nb["ddpm_loss"](model, x0, schedule), x0, OURS["batch_size"], max_steps=10**9,
+    losses = nb["train_ddpm"](model, list(emas.values()), optimizer, lambda x0: nb["ddpm_loss"](model, x0, schedule),
+                              x0, OURS["batch_size"], max_steps=10**9,
                               peak_lr=OURS["peak_lr"], warmup_steps=OURS["warmup_steps"], grad_clip=OURS["grad_clip"],
                               max_seconds=seconds, bf16=bf16, cuda_graph=cuda_graph)
     synchronize(device)
@@ -298,7 +299,8 @@ def main() -> None:
             hf.seed_everything(1)
             check_model = nb["Unet"](dim=32).to(device)
             check_optimizer = torch.optim.Adam(check_model.parameters(), lr=OURS["peak_lr"], fused=on_gpu)
-            curves[label] = nb["train_ddpm"](check_model, [], check_optimizer, lambda x0: nb["ddpm_loss"](check_model, x0, check_schedule), x01 * 2 - 1, OURS["batch_size"],
+            curves[label] = nb["train_ddpm"](check_model, [], check_optimizer, lambda x0: nb["ddpm_loss"](check_model, x0, check_schedule),
+                                             x01 * 2 - 1, OURS["batch_size"],
                                              max_steps=args.loss_check_steps, peak_lr=OURS["peak_lr"], warmup_steps=OURS["warmup_steps"],
                                              grad_clip=OURS["grad_clip"], bf16=bf16_on, cuda_graph=train_graph)
         windows = {label: [sum(c[i:i + 100]) / len(c[i:i + 100]) for i in range(0, len(c), 100)] for label, c in curves.items()}

@@ -121,7 +121,8 @@ def main() -> None:
         model = notebook["Unet"](dim=dim, dim_mults=(1, 2, 4), dropout=dropout).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr, fused=device.type == "cuda")
         start = time.perf_counter()
-        losses = notebook["train_ddpm"](model, [], optimizer, lambda x0: notebook["ddpm_loss"](model, x0, schedule), x0, batch,
+        losses = notebook["train_ddpm"](model, [], optimizer, lambda x0: notebook["ddpm_loss"](model, x0, schedule),
+                                        x0, batch,
                                         max_steps=10**9 if args.seconds else args.steps, peak_lr=peak_lr,
                                         warmup_steps=warmup, grad_clip=1.0, max_seconds=args.seconds, bf16=args.bf16,
                                         cuda_graph=device.type == "cuda")  # as the notebook trains on a GPU

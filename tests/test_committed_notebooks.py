@@ -14,7 +14,7 @@ import pytest
 
 from notebook_code import ROOT
 
-NOTEBOOKS = ["toy_diffusion.ipynb", "DDPM.ipynb"]
+NOTEBOOKS = ["toy_diffusion.ipynb", "DDPM.ipynb", "guided_diffusion.ipynb"]
 MAX_BYTES = 3 * 1024 * 1024
 MACHINE_PATH = re.compile(r"(/work/|/home/|/root/|/Users/|/tmp/|[A-Z]:\\Users\\)")
 

@@ -226,6 +226,10 @@ def test_show_source_displays_the_function_itself():
     code = hf.show_source(hf.q_sample)
     assert code.data.startswith("def q_sample(") and "sqrt_alphas_cumprod" in code.data
     assert "highlight" in code._repr_html_()
+    both = hf.show_source(hf.Unet.forward, hf.EMA)
+    assert "def forward(self, x, t, labels=None):" in both.data and "class EMA:" in both.data
+    with pytest.raises(ValueError, match=r"at least one function or class"):
+        hf.show_source()
 
 
 def test_save_gif_writes_all_frames(tmp_path, monkeypatch):

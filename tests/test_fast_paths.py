@@ -142,7 +142,8 @@ def test_train_ddpm_lowers_the_loss_and_updates_every_average(nb):
     x0 = images[:64] * 2 - 1
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
-    losses = nb["train_ddpm"](model, emas, optimizer, lambda x0: nb["ddpm_loss"](model, x0, schedule), x0, batch_size=16, max_steps=60, peak_lr=2e-3,
+    losses = nb["train_ddpm"](model, emas, optimizer, lambda x0: nb["ddpm_loss"](model, x0, schedule),
+                              x0, batch_size=16, max_steps=60, peak_lr=2e-3,
                               warmup_steps=5, grad_clip=1.0)
     assert len(losses) == 60 and all(math.isfinite(v) for v in losses)
     assert sum(losses[-10:]) / 10 < sum(losses[:5]) / 5
@@ -175,7 +176,8 @@ def test_train_ddpm_learns_with_dropout(nb):
     images, _ = hf.load_mnist_subset()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
-    losses = nb["train_ddpm"](model, [], optimizer, lambda x0: nb["ddpm_loss"](model, x0, schedule), images[:32] * 2 - 1, batch_size=8, max_steps=40,
+    losses = nb["train_ddpm"](model, [], optimizer, lambda x0: nb["ddpm_loss"](model, x0, schedule),
+                              images[:32] * 2 - 1, batch_size=8, max_steps=40,
                               peak_lr=2e-3, warmup_steps=5, grad_clip=1.0)
     assert all(math.isfinite(v) for v in losses) and sum(losses[-10:]) / 10 < sum(losses[:5]) / 5
 
@@ -191,7 +193,8 @@ def test_train_ddpm_stops_at_its_time_budget(nb):
     x0 = torch.randn(32, 1, 28, 28)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
-    losses = nb["train_ddpm"](model, [], optimizer, lambda x0: nb["ddpm_loss"](model, x0, schedule), x0, batch_size=8, max_steps=10**6, peak_lr=1e-3,
+    losses = nb["train_ddpm"](model, [], optimizer, lambda x0: nb["ddpm_loss"](model, x0, schedule),
+                              x0, batch_size=8, max_steps=10**6, peak_lr=1e-3,
                               warmup_steps=1, grad_clip=1.0, max_seconds=0.0)
     assert losses == []
 
@@ -202,7 +205,8 @@ def test_train_ddpm_stops_with_a_message_when_the_loss_diverges(nb):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
     with pytest.raises(FloatingPointError, match="diverged"):
-        nb["train_ddpm"](model, [], optimizer, lambda x0: nb["ddpm_loss"](model, x0, schedule), x0, batch_size=8, max_steps=4, peak_lr=1e-3,
+        nb["train_ddpm"](model, [], optimizer, lambda x0: nb["ddpm_loss"](model, x0, schedule),
+                         x0, batch_size=8, max_steps=4, peak_lr=1e-3,
                          warmup_steps=1, grad_clip=1.0)
 
 
@@ -312,7 +316,8 @@ def test_train_ddpm_with_a_cuda_graph_learns_like_the_eager_loop(nb, dropout):
         emas = [nb["EMA"](model, 0.99)]
         before = next(emas[0].module.parameters()).detach().clone()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-        curves[graphed] = nb["train_ddpm"](model, emas, optimizer, lambda x0: nb["ddpm_loss"](model, x0, schedule), x0, batch_size=64, max_steps=300, peak_lr=1e-3,
+        curves[graphed] = nb["train_ddpm"](model, emas, optimizer, lambda x0: nb["ddpm_loss"](model, x0, schedule),
+                                           x0, batch_size=64, max_steps=300, peak_lr=1e-3,
                                            warmup_steps=20, grad_clip=1.0, cuda_graph=graphed)
         assert not torch.equal(next(emas[0].module.parameters()), before)
     for graphed, losses in curves.items():

@@ -1,0 +1,174 @@
+"""Train the shipped class-conditional weights of guided_diffusion.ipynb, and measure classifier-free guidance on
+1,000 samples per strength for experiments/RESULTS.md. Not part of the default test run.
+
+    python experiments/guided.py train --seconds 3600 --output-dir guided_results           # 1 h on 2 CPU cores
+    python experiments/guided.py train --seconds 3600 --output-dir guided_results --ship    # the maintainer's step
+                                                   # that replaces the shipped data/guided_mnist_ema.pt
+    python experiments/guided.py evaluate --weights data/guided_mnist_ema.pt --w 1 3 0 7 --output-dir guided_results
+
+`train` runs the notebook's own pieces (its `conditional_from_ddpm`, `guided_loss` and the shared `train_ddpm`) at
+its settings, read from its configuration cell, on this machine's device: from DDPM.ipynb's shipped weights, batch
+CPU_BATCH_SIZE (GPU_BATCH_SIZE on a GPU), for a wall-clock budget. `evaluate` draws `--per-digit` samples of each digit
+per strength with the notebook's `sample_digits` (DDIM on SAMPLING_STEPS steps with SAMPLING_ETA, the same noise for
+every strength), scores them with the project's classifier against real held-out digits at the same n, then scores the
+label-free half of the network beside DDPM.ipynb's network with the same sampler and noise. Results are written to
+--output-dir/guided_results.json after every measurement, so a run cut short keeps what it had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # notebook_code
+sys.path.insert(0, str(ROOT))
+import helper_functions as hf  # noqa: E402
+from notebook_code import notebook_classes, notebook_settings, notebook_weights_config  # noqa: E402
+
+NOTEBOOK = "guided_diffusion.ipynb"
+SETTINGS = notebook_settings(NOTEBOOK)
+DDPM_CONFIG = notebook_weights_config("DDPM.ipynb")  # what the shipped DDPM weights were made with
+WEIGHTS_CONFIG = DDPM_CONFIG | {"num_classes": SETTINGS["NUM_CLASSES"], "p_uncond": SETTINGS["P_UNCOND"]}
+
+
+def machine() -> str:
+    """The device this script runs on, in words."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def write(results: dict, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "guided_results.json").write_text(json.dumps(results, indent=1))
+
+
+def train(args) -> None:
+    nb = notebook_classes(NOTEBOOK)
+    device = hf.choose_device()
+    on_gpu = device.type == "cuda"
+    hf.seed_everything(SETTINGS["SEED"])
+    images, labels = hf.load_mnist_subset()
+    x0, c = images * 2 - 1, labels
+    dropout = SETTINGS["GPU_DROPOUT"] if on_gpu else SETTINGS["CPU_DROPOUT"]
+    model = nb["conditional_from_ddpm"](hf.SHIPPED_WEIGHTS_PATH, DDPM_CONFIG, SETTINGS["NUM_CLASSES"], dropout=dropout).to(device)
+    ema = hf.EMA(model, SETTINGS["EMA_DECAY"])
+    batch_size = SETTINGS["GPU_BATCH_SIZE"] if on_gpu else SETTINGS["CPU_BATCH_SIZE"]
+    peak_lr = SETTINGS["LEARNING_RATE"] * math.sqrt(batch_size / 128)
+    optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr, fused=on_gpu)
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(DDPM_CONFIG["T"], DDPM_CONFIG["beta_start"], DDPM_CONFIG["beta_end"])).to(device)
+    p_uncond = SETTINGS["P_UNCOND"]
+    start = time.perf_counter()
+    losses = hf.train_ddpm(model, [ema], optimizer, lambda x, y: nb["guided_loss"](model, x, y, schedule, p_uncond),
+                           (x0.to(device), c.to(device)), batch_size, max_steps=10**9, peak_lr=peak_lr,
+                           warmup_steps=SETTINGS["WARMUP_STEPS"], grad_clip=SETTINGS["GRAD_CLIP"], max_seconds=args.seconds,
+                           cuda_graph=on_gpu)
+    seconds = time.perf_counter() - start
+    run_info = {"ema_decay": SETTINGS["EMA_DECAY"], "ema_warmup": True, "steps": len(losses), "batch_size": batch_size,
+                "train_seconds": seconds, "device_name": machine(), "from_ddpm_weights": True, "dropout": dropout,
+                "losses": losses[:: max(1, len(losses) // 2000)], "trained_by": "experiments/guided.py train",
+                "date": time.strftime("%Y-%m-%d")}
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    path = hf.save_weights(ema.module, args.output_dir / "guided_mnist_ema.pt", WEIGHTS_CONFIG, metadata=run_info)
+    print(f"{len(losses)} steps of {batch_size} in {seconds:.0f} s on {machine()}; last 100 steps' mean loss "
+          f"{sum(losses[-100:]) / len(losses[-100:]):.4f}; weights: {path}")
+    if args.ship:
+        hf.save_weights(ema.module, hf.SHIPPED_GUIDED_WEIGHTS_PATH, WEIGHTS_CONFIG, metadata=run_info, replace_shipped=True)
+        print(f"replaced the shipped {hf.SHIPPED_GUIDED_WEIGHTS_PATH.relative_to(ROOT)}")
+
+
+def evaluate(args) -> None:
+    nb = notebook_classes(NOTEBOOK)
+    device = hf.choose_device()
+    seed, steps, classes = SETTINGS["SEED"], args.steps, SETTINGS["NUM_CLASSES"]
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(DDPM_CONFIG["T"], DDPM_CONFIG["beta_start"], DDPM_CONFIG["beta_end"])).to(device)
+    network = hf.load_weights(hf.Unet(DDPM_CONFIG["dim"], tuple(DDPM_CONFIG["dim_mults"]), num_classes=classes), args.weights,
+                              WEIGHTS_CONFIG).to(device).eval()
+    images, labels = hf.load_mnist_subset()
+    reference = hf.QualityReference(hf.load_classifier(), images, labels, training_images=images)
+    n = classes * args.per_digit
+    results = {"machine": machine(), "weights": str(args.weights), "metadata": {k: v for k, v in hf.weights_metadata(args.weights).items()
+                                                                              if k != "losses"},
+               "per_digit": args.per_digit, "sampler": f"DDIM eta = {args.eta:g}, {steps} steps", "date": time.strftime("%Y-%m-%d"),
+               "real": hf.conditional_reference_scores(reference, args.per_digit, seed=seed),
+               "real_unconditional": hf.reference_scores(reference, n, seed=seed)["real"], "guided": {}}
+    print(hf.format_guided_quality("real digits", results["real"]))
+    write(results, args.output_dir)
+    asked = torch.arange(classes).repeat_interleave(args.per_digit)
+
+    def timed(sample):
+        start = time.perf_counter()
+        samples = sample()
+        return samples, time.perf_counter() - start
+
+    for w in args.w:
+        samples, seconds = timed(lambda: nb["sample_digits"](network, asked, w, schedule, steps, args.eta, args.batch,
+                                                             torch.Generator(device).manual_seed(seed), device, classes))
+        results["guided"][str(w)] = hf.conditional_quality(samples, asked, reference) | {"seconds": seconds}
+        print(hf.format_guided_quality(f"w = {w:g}", results["guided"][str(w)], results["real"]) + f"   {seconds:.0f} s", flush=True)
+        write(results, args.output_dir)
+    if args.unconditional:
+        no_label = torch.full((n,), classes)
+        samples, seconds = timed(lambda: nb["sample_digits"](network, no_label, 0.0, schedule, steps, args.eta, args.batch,
+                                                             torch.Generator(device).manual_seed(seed), device, classes))
+        results["no_label"] = hf.sample_quality(samples, reference) | {"seconds": seconds}
+        print(hf.format_quality("no label", results["no_label"], results["real_unconditional"]), flush=True)
+        write(results, args.output_dir)
+        ddpm = hf.load_weights(hf.Unet(DDPM_CONFIG["dim"], tuple(DDPM_CONFIG["dim_mults"])), hf.SHIPPED_WEIGHTS_PATH, DDPM_CONFIG).to(device).eval()
+        generator = torch.Generator(device).manual_seed(seed)
+        samples, seconds = timed(lambda: torch.cat([hf.ddim_sample(ddpm, schedule, (len(chunk), 1, 28, 28), steps, eta=args.eta, device=device,
+                                                                   generator=generator, progress=False).clamp(-1, 1).cpu()
+                                                    for chunk in no_label.split(args.batch)]))
+        results["ddpm"] = hf.sample_quality(samples, reference) | {"seconds": seconds}
+        print(hf.format_quality("DDPM.ipynb's network", results["ddpm"], results["real_unconditional"]), flush=True)
+        write(results, args.output_dir)
+    print(markdown_table(results))
+
+
+def markdown_table(results: dict) -> str:
+    """The results as the table of experiments/RESULTS.md: one row per guidance strength, then the real digits."""
+    rows = ["| samples | accuracy | classifier FD | diversity | copies | seconds |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for w, scores in results["guided"].items():
+        rows.append(f"| w = {float(w):g} | {scores['accuracy']:.1%} | {scores['classifier_fd']:.2f} | "
+                    f"{scores['within_class_distance']:.2f} | {scores['copy_fraction']:.3f} | {scores['seconds']:.0f} |")
+    real = results["real"]
+    rows.append(f"| real held-out digits (mean of {real['draws']} draws, FD sd {real['classifier_fd_sd']:.2f}) | "
+                f"{real['accuracy']:.1%} | {real['classifier_fd']:.2f} | {real['within_class_distance']:.2f} | "
+                f"{real['copy_fraction']:.3f} | — |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train_parser = commands.add_parser("train", help="fine-tune DDPM.ipynb's shipped weights with labels")
+    train_parser.add_argument("--seconds", type=float, default=3600.0, help="wall-clock training budget")
+    train_parser.add_argument("--ship", action="store_true", help="also replace the shipped data/guided_mnist_ema.pt")
+    evaluate_parser = commands.add_parser("evaluate", help="score guidance strengths on 100 samples per digit")
+    evaluate_parser.add_argument("--weights", type=Path, default=hf.SHIPPED_GUIDED_WEIGHTS_PATH)
+    evaluate_parser.add_argument("--w", type=float, nargs="+", default=list(SETTINGS["GUIDANCE_SCALES"]))
+    evaluate_parser.add_argument("--per-digit", type=int, default=100)
+    evaluate_parser.add_argument("--batch", type=int, default=50, help="images per sampling call")
+    evaluate_parser.add_argument("--steps", type=int, default=SETTINGS["SAMPLING_STEPS"], help="DDIM steps (the notebook's)")
+    evaluate_parser.add_argument("--eta", type=float, default=SETTINGS["SAMPLING_ETA"], help="DDIM's eta (the notebook's)")
+    evaluate_parser.add_argument("--no-unconditional", dest="unconditional", action="store_false",
+                                 help="skip the label-free half and DDPM.ipynb's network")
+    for sub in (train_parser, evaluate_parser):
+        sub.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "guided")
+    args = parser.parse_args(argv)
+    train(args) if args.command == "train" else evaluate(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""experiments/guided.py at a tiny size: training writes its weights where it is told and nowhere in data/, and the
+evaluation scores every strength it is given against the real digits at the same n."""
+
+import json
+
+import helper_functions as hf
+import guided
+
+
+def test_training_and_evaluation_at_a_tiny_size(tmp_path):
+    shipped = {path: path.read_bytes() for path in (hf.SHIPPED_GUIDED_WEIGHTS_PATH, hf.SHIPPED_WEIGHTS_PATH)}
+    guided.main(["train", "--seconds", "2", "--output-dir", str(tmp_path)])
+    weights = tmp_path / "guided_mnist_ema.pt"
+    run = hf.weights_metadata(weights)
+    assert run["from_ddpm_weights"] and run["steps"] >= 1 and run["trained_by"] == "experiments/guided.py train"
+    assert all(path.read_bytes() == before for path, before in shipped.items())  # no --ship: data/ untouched
+
+    guided.main(["evaluate", "--weights", str(weights), "--w", "0", "2", "--per-digit", "2", "--batch", "20", "--steps", "3",
+                 "--output-dir", str(tmp_path)])
+    results = json.loads((tmp_path / "guided_results.json").read_text())
+    assert set(results["guided"]) == {"0.0", "2.0"} and results["real"]["n"] == 20
+    assert all(0 <= scores["accuracy"] <= 1 and scores["n"] == 20 for scores in results["guided"].values())
+    assert results["no_label"]["n"] == results["ddpm"]["n"] == 20 and results["real_unconditional"]["n"] == 20
+    table = guided.markdown_table(results).splitlines()
+    assert len(table) == 2 + 2 + 1 and table[2].startswith("| w = 0 |") and table[3].startswith("| w = 2 |")
