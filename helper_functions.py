@@ -959,6 +959,12 @@ def sample_quality(samples: torch.Tensor, reference: QualityReference, value_ran
     their nearest neighbour; real digits score about copy_quantile, a model that copies its training set more.
     real_digits=True scores real digits that may be training images themselves (their exact match is skipped).
     """
+    return _quality_and_classes(samples, reference, value_range, real_digits)[0]
+
+
+def _quality_and_classes(samples: torch.Tensor, reference: QualityReference, value_range: tuple[float, float],
+                         real_digits: bool) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """sample_quality's figures, the images in [0, 1] and the classes the classifier reads in them, from one pass."""
     if samples.dim() != 4 or samples.shape[1:] != (1, 28, 28):
         raise ValueError(f"samples must be (N, 1, 28, 28), got {tuple(samples.shape)}")
     if len(samples) < 2:
@@ -966,16 +972,29 @@ def sample_quality(samples: torch.Tensor, reference: QualityReference, value_ran
     images = to_unit_range(samples, value_range)
     features = reference.features(images)
     probabilities = reference.classifier.head(features).softmax(1)
-    histogram = torch.bincount(probabilities.argmax(1), minlength=10).double() / len(images)
+    classes = probabilities.argmax(1)
+    histogram = torch.bincount(classes, minlength=10).double() / len(images)
     entropy = -(histogram[histogram > 0] * histogram[histogram > 0].log()).sum()
     copies = nearest_distances(images, reference.training_images, exclude_identical=real_digits) < reference.copy_threshold
-    return {
+    scores = {
         "classifier_fd": frechet_distance(features, reference.reference_features),
         "confidence": probabilities.max(1).values.mean().item(),
         "class_spread": max(0.0, (entropy / math.log(10)).item()),
         "copy_fraction": copies.float().mean().item(),
         "n": len(images),
     }
+    return scores, images, classes
+
+
+def mean_over_draws(per_draw: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of each figure over draws of the same n, with "draws" and "classifier_fd_sd", the FD's spread between
+    them (0 for one draw)."""
+    if not per_draw:
+        raise ValueError("draws must be at least 1, got 0")
+    scores = {key: sum(draw[key] for draw in per_draw) / len(per_draw) for key in per_draw[0] if key != "n"}
+    fds = torch.tensor([draw["classifier_fd"] for draw in per_draw], dtype=torch.float64)
+    return scores | {"n": per_draw[0]["n"], "draws": len(per_draw),
+                     "classifier_fd_sd": fds.std().item() if len(per_draw) > 1 else 0.0}
 
 
 def score_sampler(sampler: Callable[[int, torch.Generator], torch.Tensor], reference: QualityReference, n: int,
@@ -1008,11 +1027,8 @@ def reference_scores(reference: QualityReference, n: int, seed: int = 0, draws: 
     for _ in range(draws):
         real = reference.holdout_images[torch.randperm(len(reference.holdout_images), generator=generator)[:n]]
         per_draw.append(sample_quality(real, reference, value_range=(0, 1), real_digits=True))
-    real_scores = {key: sum(draw[key] for draw in per_draw) / draws for key in per_draw[0] if key != "n"}
-    fds = torch.tensor([draw["classifier_fd"] for draw in per_draw], dtype=torch.float64)
-    real_scores |= {"n": n, "draws": draws, "classifier_fd_sd": fds.std().item() if draws > 1 else 0.0}
     noise = torch.rand(n, 1, 28, 28, generator=generator)
-    return {"real": real_scores, "noise": sample_quality(noise, reference, value_range=(0, 1))}
+    return {"real": mean_over_draws(per_draw), "noise": sample_quality(noise, reference, value_range=(0, 1))}
 
 
 def format_quality(name: str, scores: dict[str, float], floor: dict[str, float] | None = None) -> str:
@@ -1053,9 +1069,7 @@ def conditional_quality(samples: torch.Tensor, labels: torch.Tensor, reference: 
     digits of the same classes, the reference half being class-balanced too."""
     if len(samples) != len(labels):
         raise ValueError(f"{len(samples)} samples but {len(labels)} labels: give the label each sample was asked for")
-    scores = sample_quality(samples, reference, value_range=value_range, real_digits=real_digits)
-    images = to_unit_range(samples, value_range)
-    predicted = reference.classifier(images).argmax(1)
+    scores, images, predicted = _quality_and_classes(samples, reference, value_range, real_digits)
     return scores | {"accuracy": (predicted == labels.cpu()).float().mean().item(),
                      "within_class_distance": within_class_distance(images, labels.cpu())}
 
@@ -1076,9 +1090,7 @@ def conditional_reference_scores(reference: QualityReference, per_class: int, se
         picked = torch.cat(picked)
         per_draw.append(conditional_quality(reference.holdout_images[picked], reference.holdout_labels[picked], reference,
                                             value_range=(0, 1), real_digits=True))
-    scores = {key: sum(draw[key] for draw in per_draw) / draws for key in per_draw[0] if key != "n"}
-    fds = torch.tensor([draw["classifier_fd"] for draw in per_draw], dtype=torch.float64)
-    return scores | {"n": per_draw[0]["n"], "draws": draws, "classifier_fd_sd": fds.std().item() if draws > 1 else 0.0}
+    return mean_over_draws(per_draw)
 
 
 def format_guided_quality(name: str, scores: dict[str, float], floor: dict[str, float] | None = None) -> str:
