@@ -61,22 +61,27 @@ def train(args) -> None:
     hf.seed_everything(SETTINGS["SEED"])
     images, labels = hf.load_mnist_subset()
     x0, c = images * 2 - 1, labels
-    dropout = SETTINGS["GPU_DROPOUT"] if on_gpu else SETTINGS["CPU_DROPOUT"]
+    only_class_vectors = SETTINGS["TRAIN_ONLY_CLASS_VECTORS"]
+    dropout = 0.0 if only_class_vectors else (SETTINGS["GPU_DROPOUT"] if on_gpu else SETTINGS["CPU_DROPOUT"])
     model = nb["conditional_from_ddpm"](hf.SHIPPED_WEIGHTS_PATH, DDPM_CONFIG, SETTINGS["NUM_CLASSES"], dropout=dropout).to(device)
     ema = hf.EMA(model, SETTINGS["EMA_DECAY"])
     batch_size = SETTINGS["GPU_BATCH_SIZE"] if on_gpu else SETTINGS["CPU_BATCH_SIZE"]
-    peak_lr = SETTINGS["LEARNING_RATE"] * math.sqrt(batch_size / 128)
-    optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr, fused=on_gpu)
+    if only_class_vectors:
+        trained, peak_lr = nb["only_class_vectors"](model), SETTINGS["CLASS_LEARNING_RATE"]
+    else:
+        trained, peak_lr = list(model.parameters()), SETTINGS["LEARNING_RATE"] * math.sqrt(batch_size / 128)
+    optimizer = torch.optim.Adam(trained, lr=peak_lr, fused=on_gpu)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(DDPM_CONFIG["T"], DDPM_CONFIG["beta_start"], DDPM_CONFIG["beta_end"])).to(device)
-    p_uncond = SETTINGS["P_UNCOND"]
+    p_uncond, t_min = SETTINGS["P_UNCOND"], SETTINGS["T_MIN"]
     start = time.perf_counter()
-    losses = hf.train_ddpm(model, [ema], optimizer, lambda x, y: nb["guided_loss"](model, x, y, schedule, p_uncond),
+    losses = hf.train_ddpm(model, [ema], optimizer, lambda x, y: nb["guided_loss"](model, x, y, schedule, p_uncond, t_min),
                            (x0.to(device), c.to(device)), batch_size, max_steps=10**9, peak_lr=peak_lr,
                            warmup_steps=SETTINGS["WARMUP_STEPS"], grad_clip=SETTINGS["GRAD_CLIP"], max_seconds=args.seconds,
                            cuda_graph=on_gpu)
     seconds = time.perf_counter() - start
     run_info = {"ema_decay": SETTINGS["EMA_DECAY"], "ema_warmup": True, "steps": len(losses), "batch_size": batch_size,
                 "train_seconds": seconds, "device_name": machine(), "from_ddpm_weights": True, "dropout": dropout,
+                "only_class_vectors": only_class_vectors, "t_min": t_min, "peak_lr": peak_lr,
                 "losses": losses[:: max(1, len(losses) // 2000)], "trained_by": "experiments/guided.py train",
                 "date": time.strftime("%Y-%m-%d")}
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +111,7 @@ def evaluate(args) -> None:
     print(hf.format_guided_quality("real digits", results["real"]))
     write(results, args.output_dir)
     asked = torch.arange(classes).repeat_interleave(args.per_digit)
+    t_min = results["metadata"].get("t_min", 0)  # the label is given where the class vectors were trained
 
     def timed(sample):
         start = time.perf_counter()
@@ -114,7 +120,7 @@ def evaluate(args) -> None:
 
     for w in args.w:
         samples, seconds = timed(lambda: nb["sample_digits"](network, asked, w, schedule, steps, args.eta, args.batch,
-                                                             torch.Generator(device).manual_seed(seed), device, classes))
+                                                             torch.Generator(device).manual_seed(seed), device, classes, t_min))
         results["guided"][str(w)] = hf.conditional_quality(samples, asked, reference) | {"seconds": seconds}
         print(hf.format_guided_quality(f"w = {w:g}", results["guided"][str(w)], results["real"]) + f"   {seconds:.0f} s", flush=True)
         write(results, args.output_dir)

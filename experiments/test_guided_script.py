@@ -13,6 +13,7 @@ def test_training_and_evaluation_at_a_tiny_size(tmp_path):
     weights = tmp_path / "guided_mnist_ema.pt"
     run = hf.weights_metadata(weights)
     assert run["from_ddpm_weights"] and run["steps"] >= 1 and run["trained_by"] == "experiments/guided.py train"
+    assert run["only_class_vectors"] == guided.SETTINGS["TRAIN_ONLY_CLASS_VECTORS"] and run["t_min"] == guided.SETTINGS["T_MIN"]
     assert all(path.read_bytes() == before for path, before in shipped.items())  # no --ship: data/ untouched
 
     guided.main(["evaluate", "--weights", str(weights), "--w", "0", "2", "--per-digit", "2", "--batch", "20", "--steps", "3",

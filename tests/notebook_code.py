@@ -27,7 +27,8 @@ def notebook_classes(notebook: str) -> dict:
 def notebook_settings(notebook: str) -> dict:
     """The NAME = literal assignments of the notebook's configuration cell (the code cell that sets SEED), read
     without running it. A name set by `small if SMOKE_TEST else full` reads as its full-mode value when that is a
-    literal; a name set by any other expression is left out."""
+    literal; a name set by another expression of literals and the settings above it (such as `500 if FLAG else 0`)
+    reads as its value; a name that needs anything else is left out."""
     sources = ("".join(cell["source"]) for cell in code_cells(notebook))
     source = next(text for text in sources if "SEED = " in text)
     settings = {}
@@ -41,8 +42,11 @@ def notebook_settings(notebook: str) -> dict:
                 expression = expression.orelse  # the full-mode value
             try:
                 settings[name.id] = ast.literal_eval(expression)
-            except ValueError:  # not a literal: not a setting to compare
-                pass
+            except ValueError:  # not a literal: an expression of the settings above (`FLAG`, `a if FLAG else b`) or none
+                try:
+                    settings[name.id] = eval(compile(ast.Expression(expression), notebook, "eval"), {"__builtins__": {}}, dict(settings))
+                except Exception:  # it needs the environment, a function or a module: not a setting to compare
+                    pass
     return settings
 
 

@@ -65,6 +65,40 @@ def test_the_training_loss_shows_the_network_dropped_labels(nb, schedule):
     assert loss.item() == pytest.approx(1.0, abs=0.02)  # predicting zero noise scores E[eps^2] = 1
 
 
+def test_the_training_loss_draws_t_from_t_min_on(nb, schedule):
+    seen = []
+
+    class Spy(torch.nn.Module):
+        null_label = NULL
+
+        def forward(self, x, t, labels):
+            seen.append(t)
+            return torch.zeros_like(x)
+
+    torch.manual_seed(0)
+    nb["guided_loss"](Spy(), torch.zeros(20_000, 1, 2, 2), torch.full((20_000,), 3), schedule, 0.2, t_min=500)
+    assert seen[0].min() == 500 and seen[0].max() == schedule.T - 1  # all of T_MIN ... T-1, nothing below
+    assert abs(seen[0].float().mean().item() - (500 + schedule.T - 1) / 2) < 5
+    for bad in (-1, schedule.T):
+        with pytest.raises(ValueError, match=r"t_min must lie in 0 \.\.\. 999"):
+            nb["guided_loss"](Spy(), torch.zeros(4, 1, 2, 2), torch.full((4,), 3), schedule, 0.2, t_min=bad)
+
+
+def test_only_class_vectors_freezes_the_rest_so_a_step_moves_only_them(nb):
+    model = hf.Unet(dim=8, dim_mults=(1, 2), num_classes=10)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    trained = nb["only_class_vectors"](model)
+    assert trained == [model.class_embedding.weight]
+    assert [name for name, q in model.named_parameters() if q.requires_grad] == ["class_embedding.weight"]
+    optimizer = torch.optim.Adam(trained, lr=1e-2)
+    model(torch.randn(4, 1, 8, 8), torch.tensor([0, 100, 500, 900]), torch.tensor([1, 2, 3, 10])).pow(2).mean().backward()
+    optimizer.step()
+    changed = [name for name, value in model.state_dict().items() if not torch.equal(value, before[name])]
+    assert changed == ["class_embedding.weight"]
+    rows = (model.class_embedding.weight != 0).any(dim=1).nonzero().flatten().tolist()
+    assert rows == [1, 2, 3, 10]  # only the labels in the batch (and "no label") moved
+
+
 def test_with_w_zero_the_guided_eps_is_the_conditional_eps(nb):
     model = small_conditional_unet()
     x, t, labels = torch.randn(6, 1, 8, 8), torch.tensor([0, 10, 200, 500, 800, 999]), torch.tensor([0, 3, 5, 7, 9, 2])
@@ -74,6 +108,22 @@ def test_with_w_zero_the_guided_eps_is_the_conditional_eps(nb):
         # w = 0 given per image takes the batched path, whose unconditional half then weighs nothing
         assert torch.allclose(nb["guided_eps"](model, labels, torch.zeros(6), NULL)(x, t), conditional, atol=1e-5)
         assert not torch.allclose(model(x, t, torch.full((6,), NULL)), conditional, atol=1e-3)  # the labels matter
+
+
+def test_below_t_min_the_guided_eps_gives_no_label(nb):
+    model = small_conditional_unet()
+    x, labels = torch.randn(4, 1, 8, 8), torch.tensor([0, 3, 5, 7])
+    null = torch.full((4,), NULL)
+    with torch.no_grad():
+        for w in (0.0, 3.0):
+            eps_tilde = nb["guided_eps"](model, labels, w, NULL, t_min=500)
+            low, high = torch.full((4,), 499), torch.full((4,), 500)
+            assert torch.allclose(eps_tilde(x, low), model(x, low, null), atol=1e-5)  # below t_min: eps(no label)
+            assert torch.allclose(eps_tilde(x, high), nb["guided_eps"](model, labels, w, NULL)(x, high), atol=1e-5)
+            mixed = torch.tensor([499, 500, 10, 900])  # one timestep per image: each image on its own side
+            expected = torch.where((mixed >= 500)[:, None, None, None], nb["guided_eps"](model, labels, w, NULL)(x, mixed),
+                                   model(x, mixed, null))
+            assert torch.allclose(eps_tilde(x, mixed), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("w", [0.5, 1.0, 3.0, 7.0])
@@ -205,9 +255,19 @@ def test_shipped_guided_weights_are_small_load_and_follow_the_label():
 def test_shipped_guided_weights_say_how_they_were_made():
     run = hf.weights_metadata(WEIGHTS)
     assert run["from_ddpm_weights"] and run["steps"] > 1000 and 0 < run["train_seconds"] <= 3700
+    assert run["only_class_vectors"] == SETTINGS["TRAIN_ONLY_CLASS_VECTORS"] and run["t_min"] == SETTINGS["T_MIN"]
     assert run["ema_decay"] == SETTINGS["EMA_DECAY"] and run["batch_size"] in (SETTINGS["CPU_BATCH_SIZE"], SETTINGS["GPU_BATCH_SIZE"])
     with pytest.raises(ValueError, match=r"p_uncond: weights have 0.2, notebook has 0.5"):
         hf.load_weights(hf.Unet(dim=32, dim_mults=(1, 2, 4), num_classes=10), WEIGHTS, CONFIG | {"p_uncond": 0.5})
+
+
+def test_shipped_guided_weights_kept_ddpms_weights_when_only_the_class_vectors_trained():
+    if not hf.weights_metadata(WEIGHTS)["only_class_vectors"]:
+        pytest.skip("these weights were trained whole")
+    guided = hf.load_weights(hf.Unet(dim=32, dim_mults=(1, 2, 4), num_classes=10), WEIGHTS, CONFIG).state_dict()
+    ddpm = hf.load_weights(hf.Unet(dim=32, dim_mults=(1, 2, 4)), hf.SHIPPED_WEIGHTS_PATH, notebook_weights_config()).state_dict()
+    assert set(guided) - set(ddpm) == {"class_embedding.weight"}
+    assert all(torch.allclose(guided[name], ddpm[name], rtol=1e-3, atol=1e-6) for name in ddpm)
 
 
 def test_the_notebooks_save_path_never_touches_the_shipped_file(nb, tmp_path, monkeypatch):
