@@ -48,40 +48,39 @@ def test_label_dropout_refuses_a_rate_outside_zero_to_one(nb):
         nb["drop_labels"](torch.zeros(4, dtype=torch.long), 1.5, NULL)
 
 
+class RecordingNetwork(torch.nn.Module):
+    """Predicts zero noise and records the (t, labels) of every call."""
+    null_label = NULL
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, t, labels):
+        self.calls.append((t, labels))
+        return torch.zeros_like(x)
+
+
 def test_the_training_loss_shows_the_network_dropped_labels(nb, schedule):
-    seen = []
-
-    class Spy(torch.nn.Module):
-        null_label = NULL
-
-        def forward(self, x, t, labels):
-            seen.append(labels)
-            return torch.zeros_like(x)
-
+    network = RecordingNetwork()
     torch.manual_seed(0)
     x0 = torch.zeros(10_000, 1, 4, 4)
-    loss = nb["guided_loss"](Spy(), x0, torch.full((10_000,), 3), schedule, 0.2)
-    assert abs((seen[0] == NULL).float().mean().item() - 0.2) < 0.02 and set(seen[0].tolist()) == {3, NULL}
+    loss = nb["guided_loss"](network, x0, torch.full((10_000,), 3), schedule, 0.2)
+    _, seen = network.calls[0]
+    assert abs((seen == NULL).float().mean().item() - 0.2) < 0.02 and set(seen.tolist()) == {3, NULL}
     assert loss.item() == pytest.approx(1.0, abs=0.02)  # predicting zero noise scores E[eps^2] = 1
 
 
 def test_the_training_loss_draws_t_from_t_min_on(nb, schedule):
-    seen = []
-
-    class Spy(torch.nn.Module):
-        null_label = NULL
-
-        def forward(self, x, t, labels):
-            seen.append(t)
-            return torch.zeros_like(x)
-
+    network = RecordingNetwork()
     torch.manual_seed(0)
-    nb["guided_loss"](Spy(), torch.zeros(20_000, 1, 2, 2), torch.full((20_000,), 3), schedule, 0.2, t_min=500)
-    assert seen[0].min() == 500 and seen[0].max() == schedule.T - 1  # all of T_MIN ... T-1, nothing below
-    assert abs(seen[0].float().mean().item() - (500 + schedule.T - 1) / 2) < 5
+    nb["guided_loss"](network, torch.zeros(20_000, 1, 2, 2), torch.full((20_000,), 3), schedule, 0.2, t_min=500)
+    seen, _ = network.calls[0]
+    assert seen.min() == 500 and seen.max() == schedule.T - 1  # all of T_MIN ... T-1, nothing below
+    assert abs(seen.float().mean().item() - (500 + schedule.T - 1) / 2) < 5
     for bad in (-1, schedule.T):
         with pytest.raises(ValueError, match=r"t_min must lie in 0 \.\.\. 999"):
-            nb["guided_loss"](Spy(), torch.zeros(4, 1, 2, 2), torch.full((4,), 3), schedule, 0.2, t_min=bad)
+            nb["guided_loss"](network, torch.zeros(4, 1, 2, 2), torch.full((4,), 3), schedule, 0.2, t_min=bad)
 
 
 def test_only_class_vectors_freezes_the_rest_so_a_step_moves_only_them(nb):
