@@ -619,7 +619,8 @@ def learning_rate(step: int, fraction_done: float, peak: float, warmup_steps: in
 def train_ddpm(model, ema_models, optimizer, loss_fn, data, batch_size, max_steps, peak_lr, warmup_steps,
                grad_clip, max_seconds=None, bf16=False, cuda_graph=False):
     """Algorithm 1 until max_steps or max_seconds: loss_fn(*batch) is the loss of one batch of data (a tensor, or a
-    tuple of tensors such as images and labels, on the model's device); returns the per-step losses."""
+    tuple of tensors such as images and labels, on the model's device); returns the per-step losses. Every parameter
+    group's learning rate warms up to peak_lr and decays, or to the group's own "peak_lr" where it has one."""
 
     def loss_and_gradients(*batch):
         with torch.autocast(batch[0].device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -640,8 +641,8 @@ def train_ddpm(model, ema_models, optimizer, loss_fn, data, batch_size, max_step
         if max_seconds is not None and elapsed >= max_seconds:
             break
         fraction_done = max(step / max_steps, elapsed / max_seconds if max_seconds else 0.0)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, fraction_done, peak_lr, warmup_steps)
+        for group in optimizer.param_groups:  # a group with its own "peak_lr" follows the same schedule to its own peak
+            group["lr"] = learning_rate(step, fraction_done, group.get("peak_lr", peak_lr), warmup_steps)
         losses.append(loss_and_gradients(*next(batches)))
         optimizer.step()
         for ema in ema_models:

@@ -1,14 +1,18 @@
-"""How quickly does fine-tuning from DDPM's weights teach the class vectors? A short diagnostic behind the training
-recipe of guided_diffusion.ipynb (experiments/RESULTS.md, "Why only the class vectors"). Not part of the test run.
+"""How quickly does fine-tuning from DDPM's weights teach the labels? A short diagnostic behind the training recipe
+of guided_diffusion.ipynb (experiments/RESULTS.md, "Why the class vectors and the scale-shift layers"). Not part of
+the test run.
 
     python experiments/class_vector_probe.py --steps 200                                  # every weight, Adam 5e-4
     python experiments/class_vector_probe.py --steps 200 --freeze --class-lr 2e-2          # the class vectors alone
     python experiments/class_vector_probe.py --steps 200 --freeze --class-lr 2e-2 --t-min 500   # ... on t >= 500
+    python experiments/class_vector_probe.py --steps 300 --probe-every 150 --freeze --class-lr 2e-2 \
+        --projections-lr 1e-3 --t-min 500             # ... and each ResNet block's scale-shift layer (the recipe)
 
-It starts from data/ddpm_mnist_ema.pt with zero class vectors, trains at a constant learning rate on batches of 32
-with label dropout 0.2 (no EMA, no warm-up: the raw weights are probed), and every --probe-every steps draws 20
-samples of each digit with DDIM on 10 steps (eta = 1) at w = 0 and w = 3, scored with the project's classifier:
-accuracy at both strengths, the classifier FD at w = 0 (n = 200), and the class vectors' lengths.
+It starts from data/ddpm_mnist_ema.pt with zero class vectors (or from --start-from), trains at a constant learning
+rate on batches of 32 with label dropout 0.2 (no EMA, no warm-up: the raw weights are probed), and every
+--probe-every steps draws 20 samples of each digit with DDIM on 10 steps (eta = 1) at w = 0 and w = 3, the label
+given on t >= --label-t-min, scored with the project's classifier: accuracy at both strengths, the classifier FD at
+w = 0 (n = 200), and the class vectors' lengths.
 """
 
 from __future__ import annotations
@@ -28,19 +32,20 @@ import helper_functions as hf  # noqa: E402
 from notebook_code import notebook_weights_config  # noqa: E402
 
 
-def probe(model, schedule, reference, per_digit: int = 20) -> str:
-    """Accuracy at w = 0 and 3 and the FD at w = 0 of per_digit samples of each digit (10 DDIM steps), and the class
-    vectors' lengths."""
+def probe(model, schedule, reference, per_digit: int = 20, t_min: int = 0) -> str:
+    """Accuracy at w = 0 and 3 and the FD at w = 0 of per_digit samples of each digit (10 DDIM steps, the label given
+    on t >= t_min), and the class vectors' lengths."""
     model.eval()
     generator, asked, null = torch.Generator().manual_seed(1), torch.arange(10).repeat_interleave(per_digit), 10
     scores = {}
     with torch.no_grad():
         for w in (0.0, 3.0):
             def eps(x, t):
+                c = torch.where(t >= t_min, asked, null)
                 if w == 0:
-                    return model(x, t, asked)
+                    return model(x, t, c)
                 conditional, unconditional = model(torch.cat([x, x]), torch.cat([t, t]),
-                                                   torch.cat([asked, torch.full_like(asked, null)])).chunk(2)
+                                                   torch.cat([c, torch.full_like(c, null)])).chunk(2)
                 return (1 + w) * conditional - w * unconditional
             samples = hf.ddim_sample(eps, schedule, (len(asked), 1, 28, 28), 10, eta=1.0, generator=generator, progress=False)
             scores[w] = hf.conditional_quality(samples.clamp(-1, 1), asked, reference)
@@ -57,7 +62,12 @@ def main(argv=None) -> torch.nn.Module:
     parser.add_argument("--lr", type=float, default=5e-4, help="Adam's step size for DDPM's weights (without --freeze)")
     parser.add_argument("--class-lr", type=float, default=None, help="Adam's step size for the class vectors (default: --lr)")
     parser.add_argument("--freeze", action="store_true", help="keep DDPM's weights frozen: train the class vectors alone")
+    parser.add_argument("--projections-lr", type=float, default=None,
+                        help="with --freeze, also train each ResNet block's time projection (embedding -> scale, shift) at this step size")
     parser.add_argument("--t-min", type=int, default=0, help="draw t from t_min ... T-1")
+    parser.add_argument("--start-from", type=Path, default=None,
+                        help="start from these class-conditional weights (e.g. data/guided_mnist_ema.pt) instead of zero class vectors")
+    parser.add_argument("--label-t-min", type=int, default=0, help="when probing, give the label on t >= this only")
     parser.add_argument("--probe-every", type=int, default=100)
     parser.add_argument("--per-digit", type=int, default=20, help="samples of each digit per probe")
     args = parser.parse_args(argv)
@@ -69,6 +79,8 @@ def main(argv=None) -> torch.nn.Module:
     missing, unexpected = model.load_state_dict(ddpm.state_dict(), strict=False)
     if missing != ["class_embedding.weight"] or unexpected:
         raise ValueError(f"DDPM's weights do not fit the conditional U-Net: missing {missing}, unexpected {unexpected}")
+    if args.start_from:
+        model.load_state_dict(torch.load(args.start_from, weights_only=True)["state_dict"])
     images, labels = hf.load_mnist_subset()
     x0 = images * 2 - 1
     class_vectors = [model.class_embedding.weight]
@@ -76,10 +88,16 @@ def main(argv=None) -> torch.nn.Module:
     if args.freeze:
         for q in body:
             q.requires_grad_(False)
+    projections = [q for name, q in model.named_parameters() if ".time_mlp." in name]
+    if args.freeze and args.projections_lr:
+        for q in projections:
+            q.requires_grad_(True)
     groups = ([] if args.freeze else [{"params": body, "lr": args.lr}]) + [{"params": class_vectors, "lr": args.class_lr or args.lr}]
+    if args.freeze and args.projections_lr:
+        groups.append({"params": projections, "lr": args.projections_lr})
     optimizer = torch.optim.Adam(groups)
     reference = hf.QualityReference(hf.load_classifier(), images, labels, training_images=images)
-    print("step 0:", probe(model, schedule, reference, args.per_digit), flush=True)
+    print("step 0:", probe(model, schedule, reference, args.per_digit, args.label_t_min), flush=True)
     start, smoothed = time.perf_counter(), None
     for step in range(1, args.steps + 1):
         index = torch.randint(0, len(x0), (args.batch,))
@@ -95,7 +113,7 @@ def main(argv=None) -> torch.nn.Module:
         smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
         if step % args.probe_every == 0:
             print(f"step {step}: loss {smoothed:.4f}, {(time.perf_counter() - start) / step:.2f} s/step (probes included);",
-                  probe(model, schedule, reference, args.per_digit), flush=True)
+                  probe(model, schedule, reference, args.per_digit, args.label_t_min), flush=True)
     return model
 
 

@@ -1,17 +1,17 @@
 """Train the shipped class-conditional weights of guided_diffusion.ipynb, and measure classifier-free guidance on
 1,000 samples per strength for experiments/RESULTS.md. Not part of the default test run.
 
-    python experiments/guided.py train --seconds 3600 --output-dir guided_results           # 1 h on 2 CPU cores
-    python experiments/guided.py train --seconds 3600 --output-dir guided_results --ship    # the maintainer's step
+    python experiments/guided.py train --seconds 1800 --output-dir guided_results           # 30 min on 2 CPU cores
+    python experiments/guided.py train --seconds 1800 --output-dir guided_results --ship    # the maintainer's step
                                                    # that replaces the shipped data/guided_mnist_ema.pt
-    python experiments/guided.py evaluate --weights data/guided_mnist_ema.pt --w 1 3 0 7 --output-dir guided_results
+    python experiments/guided.py evaluate --weights data/guided_mnist_ema.pt --w 0 0.5 1 3 --output-dir guided_results
 
 `train` runs the notebook's own pieces (its `conditional_from_ddpm`, `guided_loss` and the shared `train_ddpm`) at
 its settings, read from its configuration cell, on this machine's device: from DDPM.ipynb's shipped weights, batch
 CPU_BATCH_SIZE (GPU_BATCH_SIZE on a GPU), for a wall-clock budget. `evaluate` draws `--per-digit` samples of each digit
-per strength with the notebook's `sample_digits` (DDIM on SAMPLING_STEPS steps with SAMPLING_ETA, the same noise for
-every strength), scores them with the project's classifier against real held-out digits at the same n, then scores the
-label-free half of the network beside DDPM.ipynb's network with the same sampler and noise. Results are written to
+per strength with the notebook's `sample_digits` (DDIM on SAMPLING_STEPS steps with SAMPLING_ETA, the label on
+t >= LABEL_T_MIN, the same noise for every strength), scores them with the project's classifier against real
+held-out digits at the same n, then scores the label-free half of the network beside DDPM.ipynb's network with the same sampler and noise. Results are written to
 --output-dir/guided_results.json after every measurement, so a run cut short keeps what it had.
 """
 
@@ -61,15 +61,16 @@ def train(args) -> None:
     hf.seed_everything(SETTINGS["SEED"])
     images, labels = hf.load_mnist_subset()
     x0, c = images * 2 - 1, labels
-    only_class_vectors = SETTINGS["TRAIN_ONLY_CLASS_VECTORS"]
-    dropout = 0.0 if only_class_vectors else (SETTINGS["GPU_DROPOUT"] if on_gpu else SETTINGS["CPU_DROPOUT"])
+    only_conditioning = SETTINGS["TRAIN_ONLY_CONDITIONING"]
+    dropout = 0.0 if only_conditioning else (SETTINGS["GPU_DROPOUT"] if on_gpu else SETTINGS["CPU_DROPOUT"])
     model = nb["conditional_from_ddpm"](hf.SHIPPED_WEIGHTS_PATH, DDPM_CONFIG, SETTINGS["NUM_CLASSES"], dropout=dropout).to(device)
     ema = hf.EMA(model, SETTINGS["EMA_DECAY"])
     batch_size = SETTINGS["GPU_BATCH_SIZE"] if on_gpu else SETTINGS["CPU_BATCH_SIZE"]
-    if only_class_vectors:
-        trained, peak_lr = nb["only_class_vectors"](model), SETTINGS["CLASS_LEARNING_RATE"]
+    if only_conditioning:
+        trained = nb["only_conditioning"](model, SETTINGS["CLASS_LEARNING_RATE"], SETTINGS["SCALE_SHIFT_LEARNING_RATE"])
+        peak_lr = SETTINGS["CLASS_LEARNING_RATE"]
     else:
-        trained, peak_lr = list(model.parameters()), SETTINGS["LEARNING_RATE"] * math.sqrt(batch_size / 128)
+        trained, peak_lr = [{"params": list(model.parameters())}], SETTINGS["LEARNING_RATE"] * math.sqrt(batch_size / 128)
     optimizer = torch.optim.Adam(trained, lr=peak_lr, fused=on_gpu)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(DDPM_CONFIG["T"], DDPM_CONFIG["beta_start"], DDPM_CONFIG["beta_end"])).to(device)
     p_uncond, t_min = SETTINGS["P_UNCOND"], SETTINGS["T_MIN"]
@@ -81,7 +82,8 @@ def train(args) -> None:
     seconds = time.perf_counter() - start
     run_info = {"ema_decay": SETTINGS["EMA_DECAY"], "ema_warmup": True, "steps": len(losses), "batch_size": batch_size,
                 "train_seconds": seconds, "device_name": machine(), "from_ddpm_weights": True, "dropout": dropout,
-                "only_class_vectors": only_class_vectors, "t_min": t_min, "peak_lr": peak_lr,
+                "only_conditioning": only_conditioning,
+                "scale_shift_peak_lr": SETTINGS["SCALE_SHIFT_LEARNING_RATE"] if only_conditioning else None, "t_min": t_min, "peak_lr": peak_lr,
                 "losses": losses[:: max(1, len(losses) // 2000)], "trained_by": "experiments/guided.py train",
                 "date": time.strftime("%Y-%m-%d")}
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,7 @@ def evaluate(args) -> None:
     print(hf.format_guided_quality("real digits", results["real"]))
     write(results, args.output_dir)
     asked = torch.arange(classes).repeat_interleave(args.per_digit)
-    t_min = results["metadata"].get("t_min", 0)  # the label is given where the class vectors were trained
+    t_min = results["label_t_min"] = args.label_t_min  # the label is given on t >= t_min
 
     def timed(sample):
         start = time.perf_counter()
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     evaluate_parser.add_argument("--batch", type=int, default=50, help="images per sampling call")
     evaluate_parser.add_argument("--steps", type=int, default=SETTINGS["SAMPLING_STEPS"], help="DDIM steps (the notebook's)")
     evaluate_parser.add_argument("--eta", type=float, default=SETTINGS["SAMPLING_ETA"], help="DDIM's eta (the notebook's)")
+    evaluate_parser.add_argument("--label-t-min", type=int, default=SETTINGS["LABEL_T_MIN"],
+                                 help="give the label on t >= this only (default: the notebook's LABEL_T_MIN)")
     evaluate_parser.add_argument("--no-unconditional", dest="unconditional", action="store_false",
                                  help="skip the label-free half and DDPM.ipynb's network")
     for sub in (train_parser, evaluate_parser):

@@ -13,13 +13,14 @@ def test_training_and_evaluation_at_a_tiny_size(tmp_path):
     weights = tmp_path / "guided_mnist_ema.pt"
     run = hf.weights_metadata(weights)
     assert run["from_ddpm_weights"] and run["steps"] >= 1 and run["trained_by"] == "experiments/guided.py train"
-    assert run["only_class_vectors"] == guided.SETTINGS["TRAIN_ONLY_CLASS_VECTORS"] and run["t_min"] == guided.SETTINGS["T_MIN"]
+    assert run["only_conditioning"] == guided.SETTINGS["TRAIN_ONLY_CONDITIONING"] and run["t_min"] == guided.SETTINGS["T_MIN"]
     assert all(path.read_bytes() == before for path, before in shipped.items())  # no --ship: data/ untouched
 
     guided.main(["evaluate", "--weights", str(weights), "--w", "0", "2", "--per-digit", "2", "--batch", "20", "--steps", "3",
                  "--output-dir", str(tmp_path)])
     results = json.loads((tmp_path / "guided_results.json").read_text())
     assert set(results["guided"]) == {"0.0", "2.0"} and results["real"]["n"] == 20
+    assert results["label_t_min"] == guided.SETTINGS["LABEL_T_MIN"]  # the label where the notebook gives it
     assert all(0 <= scores["accuracy"] <= 1 and scores["n"] == 20 for scores in results["guided"].values())
     assert results["no_label"]["n"] == results["ddpm"]["n"] == 20 and results["real_unconditional"]["n"] == 20
     table = guided.markdown_table(results).splitlines()

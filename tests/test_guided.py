@@ -83,19 +83,48 @@ def test_the_training_loss_draws_t_from_t_min_on(nb, schedule):
             nb["guided_loss"](network, torch.zeros(4, 1, 2, 2), torch.full((4,), 3), schedule, 0.2, t_min=bad)
 
 
-def test_only_class_vectors_freezes_the_rest_so_a_step_moves_only_them(nb):
+def scale_shift_names(model):
+    """The names of every ResNet block's scale-shift layer (time embedding plus class vector -> scale, shift)."""
+    return [name for name, _ in model.named_parameters() if ".time_mlp." in name]
+
+
+def test_only_conditioning_freezes_the_rest_so_a_step_moves_only_the_label_path(nb):
     model = hf.Unet(dim=8, dim_mults=(1, 2), num_classes=10)
     before = {name: value.clone() for name, value in model.state_dict().items()}
-    trained = nb["only_class_vectors"](model)
-    assert trained == [model.class_embedding.weight]
-    assert [name for name, q in model.named_parameters() if q.requires_grad] == ["class_embedding.weight"]
-    optimizer = torch.optim.Adam(trained, lr=1e-2)
+    groups = nb["only_conditioning"](model, 1e-2, 1e-3)
+    assert [group["peak_lr"] for group in groups] == [1e-2, 1e-3] and groups[0]["params"] == [model.class_embedding.weight]
+    scale_shift = scale_shift_names(model)
+    assert len(scale_shift) == 2 * sum(1 for m in model.modules() if isinstance(m, hf.ResnetBlock))  # a weight and a bias each
+    assert [name for name, q in model.named_parameters() if q.requires_grad] == ["class_embedding.weight"] + scale_shift
+    assert sum(q.numel() for q in groups[1]["params"]) == sum(dict(model.named_parameters())[n].numel() for n in scale_shift)
+    optimizer = torch.optim.Adam(groups, lr=1e-2)
     model(torch.randn(4, 1, 8, 8), torch.tensor([0, 100, 500, 900]), torch.tensor([1, 2, 3, 10])).pow(2).mean().backward()
     optimizer.step()
     changed = [name for name, value in model.state_dict().items() if not torch.equal(value, before[name])]
-    assert changed == ["class_embedding.weight"]
+    assert "class_embedding.weight" in changed and set(changed) <= {"class_embedding.weight", *scale_shift}
+    assert "time_mlp.1.weight" not in changed and "init_conv.weight" not in changed  # the time MLP and convolutions stay DDPM's
     rows = (model.class_embedding.weight != 0).any(dim=1).nonzero().flatten().tolist()
     assert rows == [1, 2, 3, 10]  # only the labels in the batch (and "no label") moved
+
+
+def test_each_parameter_group_follows_the_schedule_to_its_own_peak():
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.Adam([{"params": [model.weight], "peak_lr": 1e-2}, {"params": [model.bias]}], lr=1.0)
+    seen = []
+    original_step = optimizer.step
+
+    def recording_step():
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        original_step()
+
+    optimizer.step = recording_step
+    data = torch.randn(8, 2)
+    hf.train_ddpm(model, [], optimizer, lambda x: model(x).pow(2).mean(), data, 4, max_steps=4, peak_lr=1e-3,
+                  warmup_steps=2, grad_clip=1.0)
+    assert len(seen) == 4
+    for own, shared in seen:  # the same warm-up and cosine factor, two peaks
+        assert own == pytest.approx(10 * shared)
+    assert seen[1][1] == pytest.approx(hf.learning_rate(1, 1 / 4, 1e-3, 2))
 
 
 def test_with_w_zero_the_guided_eps_is_the_conditional_eps(nb):
@@ -254,19 +283,22 @@ def test_shipped_guided_weights_are_small_load_and_follow_the_label():
 def test_shipped_guided_weights_say_how_they_were_made():
     run = hf.weights_metadata(WEIGHTS)
     assert run["from_ddpm_weights"] and run["steps"] > 1000 and 0 < run["train_seconds"] <= 3700
-    assert run["only_class_vectors"] == SETTINGS["TRAIN_ONLY_CLASS_VECTORS"] and run["t_min"] == SETTINGS["T_MIN"]
+    assert run["only_conditioning"] == SETTINGS["TRAIN_ONLY_CONDITIONING"] and run["t_min"] == SETTINGS["T_MIN"]
+    assert run["peak_lr"] == SETTINGS["CLASS_LEARNING_RATE"] and run["scale_shift_peak_lr"] == SETTINGS["SCALE_SHIFT_LEARNING_RATE"]
     assert run["ema_decay"] == SETTINGS["EMA_DECAY"] and run["batch_size"] in (SETTINGS["CPU_BATCH_SIZE"], SETTINGS["GPU_BATCH_SIZE"])
     with pytest.raises(ValueError, match=r"p_uncond: weights have 0.2, notebook has 0.5"):
         hf.load_weights(hf.Unet(dim=32, dim_mults=(1, 2, 4), num_classes=10), WEIGHTS, CONFIG | {"p_uncond": 0.5})
 
 
-def test_shipped_guided_weights_kept_ddpms_weights_when_only_the_class_vectors_trained():
-    if not hf.weights_metadata(WEIGHTS)["only_class_vectors"]:
+def test_shipped_guided_weights_kept_ddpms_convolutions_when_only_the_conditioning_trained():
+    if not hf.weights_metadata(WEIGHTS)["only_conditioning"]:
         pytest.skip("these weights were trained whole")
-    guided = hf.load_weights(hf.Unet(dim=32, dim_mults=(1, 2, 4), num_classes=10), WEIGHTS, CONFIG).state_dict()
+    model = hf.load_weights(hf.Unet(dim=32, dim_mults=(1, 2, 4), num_classes=10), WEIGHTS, CONFIG)
+    guided, trained = model.state_dict(), set(scale_shift_names(model))
     ddpm = hf.load_weights(hf.Unet(dim=32, dim_mults=(1, 2, 4)), hf.SHIPPED_WEIGHTS_PATH, notebook_weights_config()).state_dict()
     assert set(guided) - set(ddpm) == {"class_embedding.weight"}
-    assert all(torch.allclose(guided[name], ddpm[name], rtol=1e-3, atol=1e-6) for name in ddpm)
+    assert all(torch.allclose(guided[name], ddpm[name], rtol=1e-3, atol=1e-6) for name in ddpm if name not in trained)
+    assert all(not torch.allclose(guided[name], ddpm[name], rtol=1e-3, atol=1e-6) for name in trained if name.endswith("weight"))
 
 
 def test_the_notebooks_save_path_never_touches_the_shipped_file(nb, tmp_path, monkeypatch):
