@@ -8,10 +8,9 @@ the test run.
     python experiments/class_vector_probe.py --steps 300 --probe-every 150 --freeze --class-lr 2e-2 \
         --projections-lr 1e-3 --t-min 500             # ... and each ResNet block's scale-shift layer (the recipe)
 
-It starts from data/ddpm_mnist_ema.pt with zero class vectors (or from --start-from), trains at a constant learning
-rate on batches of 32 with label dropout 0.2 (no EMA, no warm-up: the raw weights are probed), and every
---probe-every steps draws 20 samples of each digit with DDIM on 10 steps (eta = 1) at w = 0 and w = 3, the label
-given on t >= --label-t-min, scored with the project's classifier: accuracy at both strengths, the classifier FD at
+It starts from data/ddpm_mnist_ema.pt with zero class vectors, trains at a constant learning rate on batches of 32
+with label dropout 0.2 (no EMA, no warm-up: the raw weights are probed), and every --probe-every steps draws 20
+samples of each digit with DDIM on 10 steps (eta = 1) at w = 0 and w = 3, the label given on t >= --label-t-min, scored with the project's classifier: accuracy at both strengths, the classifier FD at
 w = 0 (n = 200), and the class vectors' lengths.
 """
 
@@ -65,8 +64,6 @@ def main(argv=None) -> torch.nn.Module:
     parser.add_argument("--projections-lr", type=float, default=None,
                         help="with --freeze, also train each ResNet block's time projection (embedding -> scale, shift) at this step size")
     parser.add_argument("--t-min", type=int, default=0, help="draw t from t_min ... T-1")
-    parser.add_argument("--start-from", type=Path, default=None,
-                        help="start from these class-conditional weights (e.g. data/guided_mnist_ema.pt) instead of zero class vectors")
     parser.add_argument("--label-t-min", type=int, default=0, help="when probing, give the label on t >= this only")
     parser.add_argument("--probe-every", type=int, default=100)
     parser.add_argument("--per-digit", type=int, default=20, help="samples of each digit per probe")
@@ -79,8 +76,6 @@ def main(argv=None) -> torch.nn.Module:
     missing, unexpected = model.load_state_dict(ddpm.state_dict(), strict=False)
     if missing != ["class_embedding.weight"] or unexpected:
         raise ValueError(f"DDPM's weights do not fit the conditional U-Net: missing {missing}, unexpected {unexpected}")
-    if args.start_from:
-        model.load_state_dict(torch.load(args.start_from, weights_only=True)["state_dict"])
     images, labels = hf.load_mnist_subset()
     x0 = images * 2 - 1
     class_vectors = [model.class_embedding.weight]
@@ -88,12 +83,11 @@ def main(argv=None) -> torch.nn.Module:
     if args.freeze:
         for q in body:
             q.requires_grad_(False)
-    projections = [q for name, q in model.named_parameters() if ".time_mlp." in name]
-    if args.freeze and args.projections_lr:
+    groups = ([] if args.freeze else [{"params": body, "lr": args.lr}]) + [{"params": class_vectors, "lr": args.class_lr or args.lr}]
+    if args.freeze and args.projections_lr:  # the blocks' scale-shift layers learn too
+        projections = [q for name, q in model.named_parameters() if ".time_mlp." in name]
         for q in projections:
             q.requires_grad_(True)
-    groups = ([] if args.freeze else [{"params": body, "lr": args.lr}]) + [{"params": class_vectors, "lr": args.class_lr or args.lr}]
-    if args.freeze and args.projections_lr:
         groups.append({"params": projections, "lr": args.projections_lr})
     optimizer = torch.optim.Adam(groups)
     reference = hf.QualityReference(hf.load_classifier(), images, labels, training_images=images)

@@ -11,8 +11,9 @@ its settings, read from its configuration cell, on this machine's device: from D
 CPU_BATCH_SIZE (GPU_BATCH_SIZE on a GPU), for a wall-clock budget. `evaluate` draws `--per-digit` samples of each digit
 per strength with the notebook's `sample_digits` (DDIM on SAMPLING_STEPS steps with SAMPLING_ETA, the label on
 t >= LABEL_T_MIN, the same noise for every strength), scores them with the project's classifier against real
-held-out digits at the same n, then scores the label-free half of the network beside DDPM.ipynb's network with the same sampler and noise. Results are written to
---output-dir/guided_results.json after every measurement, so a run cut short keeps what it had.
+held-out digits at the same n, then scores the label-free half of the network beside DDPM.ipynb's network with the
+same sampler and noise. Results are written to --output-dir/guided_results.json after every measurement, so a run
+cut short keeps what it had.
 """
 
 from __future__ import annotations
