@@ -356,18 +356,30 @@ class ConvNormAct(nn.Module):
 
 class ResnetBlock(nn.Module):
     """Two ConvNormAct sub-blocks with dropout between them; the time embedding scales and shifts the first; a 1x1
-    conv matches channels on the skip."""
+    conv matches channels on the skip.
 
-    def __init__(self, in_channels: int, out_channels: int, time_dim: int, groups: int = 8, dropout: float = 0.0):
+    With labelled=True a second scale-shift layer, label_mlp, reads the label embedding (zero for "no label") and
+    adds its scale and shift to the time's. It has no bias and starts at zero, so it adds nothing until trained, and
+    never anything for "no label".
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, time_dim: int, groups: int = 8, dropout: float = 0.0,
+                 labelled: bool = False):
         super().__init__()
         self.time_mlp = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, out_channels * 2))
+        if labelled:
+            self.label_mlp = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, out_channels * 2, bias=False))
+            nn.init.zeros_(self.label_mlp[1].weight)
         self.block1 = ConvNormAct(in_channels, out_channels, groups)
         self.dropout = nn.Dropout(dropout)  # no weights: the same state dict for any dropout
         self.block2 = ConvNormAct(out_channels, out_channels, groups)
         self.residual = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
-    def forward(self, x, time_embedding):
-        scale_shift = self.time_mlp(time_embedding)[:, :, None, None].chunk(2, dim=1)
+    def forward(self, x, time_embedding, label_embedding=None):
+        scale_shift = self.time_mlp(time_embedding)
+        if label_embedding is not None:  # SiLU(0) = 0 and no bias: "no label" adds exactly nothing
+            scale_shift = scale_shift + self.label_mlp(label_embedding)
+        scale_shift = scale_shift[:, :, None, None].chunk(2, dim=1)
         h = self.block1(x, scale_shift)
         h = self.block2(self.dropout(h))
         return h + self.residual(x)
@@ -450,10 +462,10 @@ class Upsample(nn.Module):
 class DownStage(nn.Module):
     """One encoder level: two ResNet blocks, linear attention, then down-sampling (or a plain conv at the last level)."""
 
-    def __init__(self, in_channels, out_channels, time_dim, is_last, dropout=0.0):
+    def __init__(self, in_channels, out_channels, time_dim, is_last, dropout=0.0, labelled=False):
         super().__init__()
-        self.block1 = ResnetBlock(in_channels, in_channels, time_dim, dropout=dropout)
-        self.block2 = ResnetBlock(in_channels, in_channels, time_dim, dropout=dropout)
+        self.block1 = ResnetBlock(in_channels, in_channels, time_dim, dropout=dropout, labelled=labelled)
+        self.block2 = ResnetBlock(in_channels, in_channels, time_dim, dropout=dropout, labelled=labelled)
         self.attention = PreNormResidual(in_channels, LinearAttention(in_channels))
         self.downsample = nn.Conv2d(in_channels, out_channels, 3, padding=1) if is_last else Downsample(in_channels, out_channels)
 
@@ -461,10 +473,10 @@ class DownStage(nn.Module):
 class UpStage(nn.Module):
     """One decoder level: each ResNet block first concatenates a skip from the encoder; then attention and up-sampling."""
 
-    def __init__(self, in_channels, out_channels, time_dim, is_last, dropout=0.0):
+    def __init__(self, in_channels, out_channels, time_dim, is_last, dropout=0.0, labelled=False):
         super().__init__()
-        self.block1 = ResnetBlock(out_channels + in_channels, out_channels, time_dim, dropout=dropout)
-        self.block2 = ResnetBlock(out_channels + in_channels, out_channels, time_dim, dropout=dropout)
+        self.block1 = ResnetBlock(out_channels + in_channels, out_channels, time_dim, dropout=dropout, labelled=labelled)
+        self.block2 = ResnetBlock(out_channels + in_channels, out_channels, time_dim, dropout=dropout, labelled=labelled)
         self.attention = PreNormResidual(out_channels, LinearAttention(out_channels))
         self.upsample = nn.Conv2d(out_channels, in_channels, 3, padding=1) if is_last else Upsample(out_channels, in_channels)
 
@@ -472,9 +484,11 @@ class UpStage(nn.Module):
 class Unet(nn.Module):
     """eps_theta(x_t, t): predicts the noise in x_t. Channels dim * dim_mults per level, as in denoising-diffusion-pytorch.
 
-    With num_classes it is eps_theta(x_t, t, c): a learned vector per class label 0 ... num_classes - 1, and one more
-    for "no label" (the label num_classes, `null_label`), is added to the time embedding. The class vectors start at
-    zero, so a fresh class-conditional U-Net computes what the same weights compute without labels.
+    With num_classes it is eps_theta(x_t, t, c): a learned vector per class label 0 ... num_classes - 1 is added to
+    the time embedding, and each ResNet block gets a second scale-shift layer that reads that sum. "No label" (the
+    label num_classes, `null_label`) has a vector fixed at zero and skips the label layers, so it computes exactly
+    what the same weights compute without labels. The class vectors and the label layers start at zero: a fresh
+    class-conditional U-Net gives that unconditional prediction for every label.
     """
 
     def __init__(self, dim: int = 32, dim_mults=(1, 2, 4), channels: int = 1, dropout: float = 0.0,
@@ -492,22 +506,25 @@ class Unet(nn.Module):
             SinusoidalTimestepEmbedding(dim), nn.Linear(dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim)
         )
         if num_classes is not None:
-            self.class_embedding = nn.Embedding(num_classes + 1, time_dim)  # the last row is "no label"
+            self.class_embedding = nn.Embedding(num_classes + 1, time_dim, padding_idx=num_classes)  # last row: no label, zero
             nn.init.zeros_(self.class_embedding.weight)
+        labelled = num_classes is not None
         self.init_conv = nn.Conv2d(channels, dim, 7, padding=3)
         widths = [dim] + [dim * m for m in dim_mults]
         pairs = list(zip(widths[:-1], widths[1:]))  # (1, 2, 4) -> (d, d), (d, 2d), (2d, 4d)
         self.downs = nn.ModuleList(
-            DownStage(c_in, c_out, time_dim, is_last=(i == len(pairs) - 1), dropout=dropout) for i, (c_in, c_out) in enumerate(pairs)
+            DownStage(c_in, c_out, time_dim, is_last=(i == len(pairs) - 1), dropout=dropout, labelled=labelled)
+            for i, (c_in, c_out) in enumerate(pairs)
         )
         mid = widths[-1]
-        self.mid_block1 = ResnetBlock(mid, mid, time_dim, dropout=dropout)
+        self.mid_block1 = ResnetBlock(mid, mid, time_dim, dropout=dropout, labelled=labelled)
         self.mid_attention = PreNormResidual(mid, Attention(mid))
-        self.mid_block2 = ResnetBlock(mid, mid, time_dim, dropout=dropout)
+        self.mid_block2 = ResnetBlock(mid, mid, time_dim, dropout=dropout, labelled=labelled)
         self.ups = nn.ModuleList(
-            UpStage(c_in, c_out, time_dim, is_last=(i == len(pairs) - 1), dropout=dropout) for i, (c_in, c_out) in enumerate(reversed(pairs))
+            UpStage(c_in, c_out, time_dim, is_last=(i == len(pairs) - 1), dropout=dropout, labelled=labelled)
+            for i, (c_in, c_out) in enumerate(reversed(pairs))
         )
-        self.final_block = ResnetBlock(dim * 2, dim, time_dim, dropout=dropout)
+        self.final_block = ResnetBlock(dim * 2, dim, time_dim, dropout=dropout, labelled=labelled)
         self.final_conv = nn.Conv2d(dim, channels, 1)
 
     def check_size(self, height: int, width: int) -> None:
@@ -541,27 +558,31 @@ class Unet(nn.Module):
     def forward(self, x, t, labels=None):
         self.check_size(*x.shape[-2:])
         time_embedding = self.time_mlp(t)
+        label_embedding = None
         if self.num_classes is not None:  # no labels given: every image gets "no label"
             labels = torch.full((len(x),), self.num_classes, device=x.device) if labels is None else labels
             self.check_labels(labels, len(x))
-            time_embedding = time_embedding + self.class_embedding(labels)
+            labelled = (labels != self.num_classes).to(time_embedding.dtype)[:, None]  # 0 for "no label"
+            time_embedding = time_embedding + labelled * self.class_embedding(labels)
+            label_embedding = labelled * time_embedding  # zero for "no label": the blocks' label layers add nothing
         elif labels is not None:
             self.check_labels(labels, len(x))  # raises: no labels without num_classes
         x = self.init_conv(x)
         initial = x
         skips = []
         for stage in self.downs:
-            x = stage.block1(x, time_embedding)
+            x = stage.block1(x, time_embedding, label_embedding)
             skips.append(x)
-            x = stage.attention(stage.block2(x, time_embedding))
+            x = stage.attention(stage.block2(x, time_embedding, label_embedding))
             skips.append(x)
             x = stage.downsample(x)
-        x = self.mid_block2(self.mid_attention(self.mid_block1(x, time_embedding)), time_embedding)
+        x = self.mid_attention(self.mid_block1(x, time_embedding, label_embedding))
+        x = self.mid_block2(x, time_embedding, label_embedding)
         for stage in self.ups:
-            x = stage.block1(torch.cat([x, skips.pop()], dim=1), time_embedding)
-            x = stage.block2(torch.cat([x, skips.pop()], dim=1), time_embedding)
+            x = stage.block1(torch.cat([x, skips.pop()], dim=1), time_embedding, label_embedding)
+            x = stage.block2(torch.cat([x, skips.pop()], dim=1), time_embedding, label_embedding)
             x = stage.upsample(stage.attention(x))
-        x = self.final_block(torch.cat([x, initial], dim=1), time_embedding)
+        x = self.final_block(torch.cat([x, initial], dim=1), time_embedding, label_embedding)
         return self.final_conv(x)
 
 

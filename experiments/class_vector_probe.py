@@ -1,14 +1,16 @@
 """How quickly does fine-tuning from DDPM's weights teach the labels? A short diagnostic behind the training recipe
-of guided_diffusion.ipynb (experiments/RESULTS.md, "Why the class vectors and the scale-shift layers"). Not part of
-the test run.
+of guided_diffusion.ipynb (experiments/RESULTS.md, "Why the class vectors and the label layers"). Not part of the
+test run.
 
     python experiments/class_vector_probe.py --steps 200                                  # every weight, Adam 5e-4
     python experiments/class_vector_probe.py --steps 200 --freeze --class-lr 2e-2          # the class vectors alone
     python experiments/class_vector_probe.py --steps 200 --freeze --class-lr 2e-2 --t-min 500   # ... on t >= 500
     python experiments/class_vector_probe.py --steps 300 --probe-every 150 --freeze --class-lr 2e-2 \
-        --projections-lr 1e-3 --t-min 500             # ... and each ResNet block's scale-shift layer (the recipe)
+        --projections-lr 1e-3 --t-min 500             # ... and each ResNet block's scale-shift layer (DDPM's time_mlp)
+    python experiments/class_vector_probe.py --steps 300 --probe-every 150 --freeze --class-lr 2e-2 \
+        --label-layers-lr 1e-3 --t-min 500            # ... or, instead, each block's label layer (the recipe)
 
-It starts from data/ddpm_mnist_ema.pt with zero class vectors, trains at a constant learning rate on batches of 32
+It starts from data/ddpm_mnist_ema.pt with zero class vectors and label layers, trains at a constant learning rate on batches of 32
 with label dropout 0.2 (no EMA, no warm-up: the raw weights are probed), and every --probe-every steps draws 20
 samples of each digit with DDIM on 10 steps (eta = 1) at w = 0 and w = 3, the label given on t >= --label-t-min, scored with the project's classifier: accuracy at both strengths, the classifier FD at
 w = 0 (n = 200), and the class vectors' lengths.
@@ -63,6 +65,8 @@ def main(argv=None) -> torch.nn.Module:
     parser.add_argument("--freeze", action="store_true", help="keep DDPM's weights frozen: train the class vectors alone")
     parser.add_argument("--projections-lr", type=float, default=None,
                         help="with --freeze, also train each ResNet block's time projection (embedding -> scale, shift) at this step size")
+    parser.add_argument("--label-layers-lr", type=float, default=None,
+                        help="with --freeze, also train each ResNet block's label layer (label embedding -> scale, shift) at this step size")
     parser.add_argument("--t-min", type=int, default=0, help="draw t from t_min ... T-1")
     parser.add_argument("--label-t-min", type=int, default=0, help="when probing, give the label on t >= this only")
     parser.add_argument("--probe-every", type=int, default=100)
@@ -74,7 +78,7 @@ def main(argv=None) -> torch.nn.Module:
     model = hf.Unet(32, (1, 2, 4), num_classes=10)  # class vectors at zero
     ddpm = hf.load_weights(hf.Unet(32, (1, 2, 4)), hf.SHIPPED_WEIGHTS_PATH, notebook_weights_config("DDPM.ipynb"))
     missing, unexpected = model.load_state_dict(ddpm.state_dict(), strict=False)
-    if missing != ["class_embedding.weight"] or unexpected:
+    if [name for name in missing if ".label_mlp." not in name] != ["class_embedding.weight"] or unexpected:
         raise ValueError(f"DDPM's weights do not fit the conditional U-Net: missing {missing}, unexpected {unexpected}")
     images, labels = hf.load_mnist_subset()
     x0 = images * 2 - 1
@@ -89,6 +93,11 @@ def main(argv=None) -> torch.nn.Module:
         for q in projections:
             q.requires_grad_(True)
         groups.append({"params": projections, "lr": args.projections_lr})
+    if args.freeze and args.label_layers_lr:  # the blocks' label layers (zero at the start) learn too
+        label_layers = [q for name, q in model.named_parameters() if ".label_mlp." in name]
+        for q in label_layers:
+            q.requires_grad_(True)
+        groups.append({"params": label_layers, "lr": args.label_layers_lr})
     optimizer = torch.optim.Adam(groups)
     reference = hf.QualityReference(hf.load_classifier(), images, labels, training_images=images)
     print("step 0:", probe(model, schedule, reference, args.per_digit, args.label_t_min), flush=True)

@@ -68,7 +68,7 @@ def train(args) -> None:
     ema = hf.EMA(model, SETTINGS["EMA_DECAY"])
     batch_size = SETTINGS["GPU_BATCH_SIZE"] if on_gpu else SETTINGS["CPU_BATCH_SIZE"]
     if only_conditioning:
-        trained = nb["only_conditioning"](model, SETTINGS["CLASS_LEARNING_RATE"], SETTINGS["SCALE_SHIFT_LEARNING_RATE"])
+        trained = nb["only_conditioning"](model, SETTINGS["CLASS_LEARNING_RATE"], SETTINGS["LABEL_LAYER_LEARNING_RATE"])
         peak_lr = SETTINGS["CLASS_LEARNING_RATE"]
     else:
         trained, peak_lr = [{"params": list(model.parameters())}], SETTINGS["LEARNING_RATE"] * math.sqrt(batch_size / 128)
@@ -84,7 +84,7 @@ def train(args) -> None:
     run_info = {"ema_decay": SETTINGS["EMA_DECAY"], "ema_warmup": True, "steps": len(losses), "batch_size": batch_size,
                 "train_seconds": seconds, "device_name": machine(), "from_ddpm_weights": True, "dropout": dropout,
                 "only_conditioning": only_conditioning,
-                "scale_shift_peak_lr": SETTINGS["SCALE_SHIFT_LEARNING_RATE"] if only_conditioning else None, "t_min": t_min, "peak_lr": peak_lr,
+                "label_layer_peak_lr": SETTINGS["LABEL_LAYER_LEARNING_RATE"] if only_conditioning else None, "t_min": t_min, "peak_lr": peak_lr,
                 "losses": losses[:: max(1, len(losses) // 2000)], "trained_by": "experiments/guided.py train",
                 "date": time.strftime("%Y-%m-%d")}
     args.output_dir.mkdir(parents=True, exist_ok=True)

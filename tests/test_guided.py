@@ -21,10 +21,12 @@ def nb():
 
 
 def small_conditional_unet(seed=0):
-    """A tiny class-conditional U-Net whose class vectors are random (not the zeros it starts with)."""
+    """A tiny class-conditional U-Net whose class vectors and label layers are random (not the zeros they start with)."""
     torch.manual_seed(seed)
     model = hf.Unet(dim=8, dim_mults=(1, 2), num_classes=10).eval()
-    torch.nn.init.normal_(model.class_embedding.weight)
+    for name, parameter in model.named_parameters():
+        if name.startswith("class_embedding") or ".label_mlp." in name:
+            torch.nn.init.normal_(parameter, std=0.5)
     return model
 
 
@@ -83,9 +85,9 @@ def test_the_training_loss_draws_t_from_t_min_on(nb, schedule):
             nb["guided_loss"](network, torch.zeros(4, 1, 2, 2), torch.full((4,), 3), schedule, 0.2, t_min=bad)
 
 
-def scale_shift_names(model):
-    """The names of every ResNet block's scale-shift layer (time embedding plus class vector -> scale, shift)."""
-    return [name for name, _ in model.named_parameters() if ".time_mlp." in name]
+def label_layer_names(model):
+    """The names of every ResNet block's label layer (label embedding -> a scale and a shift added to the time's)."""
+    return [name for name, _ in model.named_parameters() if ".label_mlp." in name]
 
 
 def test_only_conditioning_freezes_the_rest_so_a_step_moves_only_the_label_path(nb):
@@ -93,18 +95,20 @@ def test_only_conditioning_freezes_the_rest_so_a_step_moves_only_the_label_path(
     before = {name: value.clone() for name, value in model.state_dict().items()}
     groups = nb["only_conditioning"](model, 1e-2, 1e-3)
     assert [group["peak_lr"] for group in groups] == [1e-2, 1e-3] and groups[0]["params"] == [model.class_embedding.weight]
-    scale_shift = scale_shift_names(model)
-    assert len(scale_shift) == 2 * sum(1 for m in model.modules() if isinstance(m, hf.ResnetBlock))  # a weight and a bias each
-    assert [name for name, q in model.named_parameters() if q.requires_grad] == ["class_embedding.weight"] + scale_shift
-    assert sum(q.numel() for q in groups[1]["params"]) == sum(dict(model.named_parameters())[n].numel() for n in scale_shift)
+    label_layers = label_layer_names(model)
+    assert len(label_layers) == sum(1 for m in model.modules() if isinstance(m, hf.ResnetBlock))  # one weight each, no bias
+    assert [name for name, q in model.named_parameters() if q.requires_grad] == ["class_embedding.weight"] + label_layers
+    assert sum(q.numel() for q in groups[1]["params"]) == sum(dict(model.named_parameters())[n].numel() for n in label_layers)
     optimizer = torch.optim.Adam(groups, lr=1e-2)
-    model(torch.randn(4, 1, 8, 8), torch.tensor([0, 100, 500, 900]), torch.tensor([1, 2, 3, 10])).pow(2).mean().backward()
-    optimizer.step()
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0, 100, 500, 900])
+    for _ in range(2):  # the label layers start at zero, so the class vectors get a gradient from the second step on
+        optimizer.zero_grad()
+        model(x, t, torch.tensor([1, 2, 3, 10])).pow(2).mean().backward()
+        optimizer.step()
     changed = [name for name, value in model.state_dict().items() if not torch.equal(value, before[name])]
-    assert "class_embedding.weight" in changed and set(changed) <= {"class_embedding.weight", *scale_shift}
-    assert "time_mlp.1.weight" not in changed and "init_conv.weight" not in changed  # the time MLP and convolutions stay DDPM's
+    assert set(changed) == {"class_embedding.weight", *label_layers}  # all of DDPM's weights stay as they were
     rows = (model.class_embedding.weight != 0).any(dim=1).nonzero().flatten().tolist()
-    assert rows == [1, 2, 3, 10]  # only the labels in the batch (and "no label") moved
+    assert rows == [1, 2, 3]  # only the labels in the batch moved; "no label" stays at zero
 
 
 def test_each_parameter_group_follows_the_schedule_to_its_own_peak():
@@ -213,11 +217,21 @@ def test_a_fresh_conditional_unet_computes_what_its_weights_compute_without_labe
     plain = hf.Unet(dim=8, dim_mults=(1, 2)).eval()
     conditional = hf.Unet(dim=8, dim_mults=(1, 2), num_classes=10).eval()
     missing, unexpected = conditional.load_state_dict(plain.state_dict(), strict=False)
-    assert missing == ["class_embedding.weight"] and not unexpected
+    assert missing == ["class_embedding.weight", *label_layer_names(conditional)] and not unexpected
     x, t = torch.randn(11, 1, 8, 8), torch.arange(11) * 90
     with torch.no_grad():
         assert torch.allclose(conditional(x, t, torch.arange(11)), plain(x, t), atol=1e-6)
         assert torch.allclose(conditional(x, t), plain(x, t), atol=1e-6)  # no labels given: "no label" for all
+
+
+def test_no_label_stays_the_unconditional_network_however_the_label_parts_are_trained():
+    plain, conditional = hf.Unet(dim=8, dim_mults=(1, 2)).eval(), small_conditional_unet()
+    conditional.load_state_dict(plain.state_dict(), strict=False)  # the shared weights; label parts random
+    torch.nn.init.normal_(conditional.class_embedding.weight)  # even a non-zero "no label" row is skipped
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0, 250, 500, 999])
+    with torch.no_grad():
+        assert torch.equal(conditional(x, t, torch.full((4,), NULL)), plain(x, t))
+        assert not torch.allclose(conditional(x, t, torch.full((4,), 3)), plain(x, t), atol=1e-3)  # a label does change it
 
 
 def test_random_batches_keep_images_and_labels_paired():
@@ -284,21 +298,21 @@ def test_shipped_guided_weights_say_how_they_were_made():
     run = hf.weights_metadata(WEIGHTS)
     assert run["from_ddpm_weights"] and run["steps"] > 1000 and 0 < run["train_seconds"] <= 3700
     assert run["only_conditioning"] == SETTINGS["TRAIN_ONLY_CONDITIONING"] and run["t_min"] == SETTINGS["T_MIN"]
-    assert run["peak_lr"] == SETTINGS["CLASS_LEARNING_RATE"] and run["scale_shift_peak_lr"] == SETTINGS["SCALE_SHIFT_LEARNING_RATE"]
+    assert run["peak_lr"] == SETTINGS["CLASS_LEARNING_RATE"] and run["label_layer_peak_lr"] == SETTINGS["LABEL_LAYER_LEARNING_RATE"]
     assert run["ema_decay"] == SETTINGS["EMA_DECAY"] and run["batch_size"] in (SETTINGS["CPU_BATCH_SIZE"], SETTINGS["GPU_BATCH_SIZE"])
     with pytest.raises(ValueError, match=r"p_uncond: weights have 0.2, notebook has 0.5"):
         hf.load_weights(hf.Unet(dim=32, dim_mults=(1, 2, 4), num_classes=10), WEIGHTS, CONFIG | {"p_uncond": 0.5})
 
 
-def test_shipped_guided_weights_kept_ddpms_convolutions_when_only_the_conditioning_trained():
+def test_shipped_guided_weights_kept_every_ddpm_weight_when_only_the_conditioning_trained():
     if not hf.weights_metadata(WEIGHTS)["only_conditioning"]:
         pytest.skip("these weights were trained whole")
     model = hf.load_weights(hf.Unet(dim=32, dim_mults=(1, 2, 4), num_classes=10), WEIGHTS, CONFIG)
-    guided, trained = model.state_dict(), set(scale_shift_names(model))
+    guided, label_layers = model.state_dict(), label_layer_names(model)
     ddpm = hf.load_weights(hf.Unet(dim=32, dim_mults=(1, 2, 4)), hf.SHIPPED_WEIGHTS_PATH, notebook_weights_config()).state_dict()
-    assert set(guided) - set(ddpm) == {"class_embedding.weight"}
-    assert all(torch.allclose(guided[name], ddpm[name], rtol=1e-3, atol=1e-6) for name in ddpm if name not in trained)
-    assert all(not torch.allclose(guided[name], ddpm[name], rtol=1e-3, atol=1e-6) for name in trained if name.endswith("weight"))
+    assert set(guided) - set(ddpm) == {"class_embedding.weight", *label_layers}
+    assert all(torch.equal(guided[name], ddpm[name]) for name in ddpm)
+    assert all(guided[name].abs().sum() > 0 for name in label_layers) and not guided["class_embedding.weight"][NULL].any()
 
 
 def test_the_notebooks_save_path_never_touches_the_shipped_file(nb, tmp_path, monkeypatch):
