@@ -1,8 +1,8 @@
 """Train the shipped class-conditional weights of guided_diffusion.ipynb, and measure classifier-free guidance on
 1,000 samples per strength for experiments/RESULTS.md. Not part of the default test run.
 
-    python experiments/guided.py train --seconds 1800 --output-dir guided_results           # 30 min on 2 CPU cores
-    python experiments/guided.py train --seconds 1800 --output-dir guided_results --ship    # the maintainer's step
+    python experiments/guided.py train --seconds 3600 --output-dir guided_results           # an hour on 2 CPU cores
+    python experiments/guided.py train --seconds 3600 --output-dir guided_results --ship    # the maintainer's step
                                                    # that replaces the shipped data/guided_mnist_ema.pt
     python experiments/guided.py evaluate --weights data/guided_mnist_ema.pt --w 0 0.5 1 3 --output-dir guided_results
 
