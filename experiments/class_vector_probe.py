@@ -10,10 +10,11 @@ test run.
     python experiments/class_vector_probe.py --steps 300 --probe-every 150 --freeze --class-lr 2e-2 \
         --label-layers-lr 1e-3 --t-min 500            # ... or, instead, each block's label layer (the recipe)
 
-It starts from data/ddpm_mnist_ema.pt with zero class vectors and label layers, trains at a constant learning rate on batches of 32
-with label dropout 0.2 (no EMA, no warm-up: the raw weights are probed), and every --probe-every steps draws 20
-samples of each digit with DDIM on 10 steps (eta = 1) at w = 0 and w = 3, the label given on t >= --label-t-min, scored with the project's classifier: accuracy at both strengths, the classifier FD at
-w = 0 (n = 200), and the class vectors' lengths.
+It starts from data/ddpm_mnist_ema.pt with zero class vectors and label layers (the notebook's
+`conditional_from_ddpm`), trains at a constant learning rate on batches of 32 with label dropout 0.2 (no EMA, no
+warm-up: the raw weights are probed), and every --probe-every steps draws 20 samples of each digit with DDIM on 10
+steps (eta = 1) at w = 0 and w = 3, the label given on t >= --label-t-min, scored with the project's classifier:
+accuracy at both strengths, the classifier FD at w = 0 (n = 200), and the class vectors' lengths.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # notebook_code
 sys.path.insert(0, str(ROOT))
 import helper_functions as hf  # noqa: E402
-from notebook_code import notebook_weights_config  # noqa: E402
+from notebook_code import notebook_classes, notebook_weights_config  # noqa: E402
 
 
 def probe(model, schedule, reference, per_digit: int = 20, t_min: int = 0) -> str:
@@ -75,11 +76,8 @@ def main(argv=None) -> torch.nn.Module:
     print(vars(args), flush=True)
     torch.manual_seed(0)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(1000, 1e-4, 0.02))
-    model = hf.Unet(32, (1, 2, 4), num_classes=10)  # class vectors at zero
-    ddpm = hf.load_weights(hf.Unet(32, (1, 2, 4)), hf.SHIPPED_WEIGHTS_PATH, notebook_weights_config("DDPM.ipynb"))
-    missing, unexpected = model.load_state_dict(ddpm.state_dict(), strict=False)
-    if [name for name in missing if ".label_mlp." not in name] != ["class_embedding.weight"] or unexpected:
-        raise ValueError(f"DDPM's weights do not fit the conditional U-Net: missing {missing}, unexpected {unexpected}")
+    conditional_from_ddpm = notebook_classes("guided_diffusion.ipynb")["conditional_from_ddpm"]
+    model = conditional_from_ddpm(hf.SHIPPED_WEIGHTS_PATH, notebook_weights_config("DDPM.ipynb"), 10)  # label parts at zero
     images, labels = hf.load_mnist_subset()
     x0 = images * 2 - 1
     class_vectors = [model.class_embedding.weight]
