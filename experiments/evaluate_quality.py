@@ -75,7 +75,7 @@ def parse_sampler(spec: str) -> tuple[str, str, int, float]:
     return spec, kind, steps, eta
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000, help="samples per sampler (and real digits for the floor)")
     parser.add_argument("--samplers", nargs="+", default=["ddim:50"], help="KIND:STEPS or ddim:STEPS:ETA (see above)")
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1, help="independent draws of --n samples per sampler")
     parser.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast")
     parser.add_argument("--output", default="quality.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.draws < 1 or args.n < 2 or args.chunk < 1:
         parser.error(f"--draws and --chunk must be at least 1 and --n at least 2, got {args.draws}, {args.chunk}, {args.n}")
     if -(-args.n // args.chunk) > DRAW_SEED_STRIDE:

@@ -4,6 +4,8 @@
     python experiments/guided.py train --seconds 3600 --output-dir guided_results           # an hour on 2 CPU cores
     python experiments/guided.py train --seconds 3600 --output-dir guided_results --ship    # the maintainer's step
                                                    # that replaces the shipped data/guided_mnist_ema.pt
+    python experiments/guided.py train --steps 6194 --t-min 0 --output-dir guided_all_t  # a set number of steps, t drawn
+                                                   # from every timestep instead of the notebook's T_MIN on
     python experiments/guided.py evaluate --weights data/guided_mnist_ema.pt --w 0 0.5 1 3 --output-dir guided_results
 
 `train` runs the notebook's own pieces (its `conditional_from_ddpm`, `guided_loss` and the shared `train_ddpm`) at
@@ -74,11 +76,12 @@ def train(args) -> None:
         trained, peak_lr = [{"params": list(model.parameters())}], SETTINGS["LEARNING_RATE"] * math.sqrt(batch_size / 128)
     optimizer = torch.optim.Adam(trained, lr=peak_lr, fused=on_gpu)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(DDPM_CONFIG["T"], DDPM_CONFIG["beta_start"], DDPM_CONFIG["beta_end"])).to(device)
-    p_uncond, t_min = SETTINGS["P_UNCOND"], SETTINGS["T_MIN"]
+    p_uncond, t_min = SETTINGS["P_UNCOND"], args.t_min
     start = time.perf_counter()
     losses = hf.train_ddpm(model, [ema], optimizer, lambda x, y: nb["guided_loss"](model, x, y, schedule, p_uncond, t_min),
-                           (x0.to(device), c.to(device)), batch_size, max_steps=10**9, peak_lr=peak_lr,
-                           warmup_steps=SETTINGS["WARMUP_STEPS"], grad_clip=SETTINGS["GRAD_CLIP"], max_seconds=args.seconds,
+                           (x0.to(device), c.to(device)), batch_size, max_steps=args.steps or 10**9, peak_lr=peak_lr,
+                           warmup_steps=SETTINGS["WARMUP_STEPS"], grad_clip=SETTINGS["GRAD_CLIP"],
+                           max_seconds=None if args.steps else args.seconds,
                            cuda_graph=on_gpu)
     seconds = time.perf_counter() - start
     run_info = {"ema_decay": SETTINGS["EMA_DECAY"], "ema_warmup": True, "steps": len(losses), "batch_size": batch_size,
@@ -163,6 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     train_parser = commands.add_parser("train", help="fine-tune DDPM.ipynb's shipped weights with labels")
     train_parser.add_argument("--seconds", type=float, default=3600.0, help="wall-clock training budget")
+    train_parser.add_argument("--steps", type=int, default=None,
+                              help="train this many steps instead of for --seconds (the cosine decay follows the steps)")
+    train_parser.add_argument("--t-min", type=int, default=SETTINGS["T_MIN"],
+                              help="draw t from {t_min, ..., T-1} (default: the notebook's T_MIN)")
     train_parser.add_argument("--ship", action="store_true", help="also replace the shipped data/guided_mnist_ema.pt")
     evaluate_parser = commands.add_parser("evaluate", help="score guidance strengths on 100 samples per digit")
     evaluate_parser.add_argument("--weights", type=Path, default=hf.SHIPPED_GUIDED_WEIGHTS_PATH)
@@ -178,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     for sub in (train_parser, evaluate_parser):
         sub.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "guided")
     args = parser.parse_args(argv)
+    if args.command == "train" and not (0 <= args.t_min < DDPM_CONFIG["T"]):
+        parser.error(f"--t-min must be in 0 ... {DDPM_CONFIG['T'] - 1}, got {args.t_min}")
+    if args.command == "train" and args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
     train(args) if args.command == "train" else evaluate(args)
 
 

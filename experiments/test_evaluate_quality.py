@@ -2,27 +2,22 @@
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from evaluate_quality import parse_sampler
-
-SCRIPT = Path(__file__).resolve().parent / "evaluate_quality.py"
+from evaluate_quality import main, parse_sampler
 
 
-def run_script(tmp_path: Path, *arguments: str) -> dict:
+def run_script(tmp_path: Path, capsys, *arguments: str) -> dict:
+    """The script's main in this process (a fresh interpreter would spend seconds importing torch again)."""
     output = tmp_path / "quality.json"
-    completed = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--output", str(output), *arguments],
-                               capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    return {"printed": completed.stdout, **json.loads(output.read_text())}
+    main(["--device", "cpu", "--output", str(output), *arguments])
+    return {"printed": capsys.readouterr().out, **json.loads(output.read_text())}
 
 
-def test_draws_are_seeded_scored_and_summarised(tmp_path):
-    result = run_script(tmp_path, "--n", "12", "--chunk", "8", "--draws", "2", "--seed", "5", "--samplers", "ddim:2", "ddim:2:1")
+def test_draws_are_seeded_scored_and_summarised(tmp_path, capsys):
+    result = run_script(tmp_path, capsys, "--n", "12", "--chunk", "8", "--draws", "2", "--seed", "5", "--samplers", "ddim:2", "ddim:2:1")
     assert result["draws"] == 2 and result["n"] == 12
     for spec in ("ddim:2", "ddim:2:1"):
         draws, summary = result["results"][spec]["draws"], result["results"][spec]["summary"]
@@ -34,7 +29,7 @@ def test_draws_are_seeded_scored_and_summarised(tmp_path):
     assert "times ddim:2's" in result["printed"]
     assert (result["chunk"], result["weights"]) == (8, "ddpm_mnist_ema.pt")
     # one draw of the same seed is the first draw of the two
-    single = run_script(tmp_path, "--n", "12", "--chunk", "8", "--seed", "5", "--samplers", "ddim:2")
+    single = run_script(tmp_path, capsys, "--n", "12", "--chunk", "8", "--seed", "5", "--samplers", "ddim:2")
     assert single["results"]["ddim:2"]["classifier_fd"] == pytest.approx(result["results"]["ddim:2"]["draws"][0]["classifier_fd"])
 
 
@@ -47,7 +42,7 @@ def test_sampler_specs_are_parsed_or_refused():
             parse_sampler(spec)
 
 
-def test_bad_arguments_are_refused_before_any_work(tmp_path):
-    completed = subprocess.run([sys.executable, str(SCRIPT), "--draws", "0", "--output", str(tmp_path / "q.json")],
-                               capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 2 and "--draws" in completed.stderr and not (tmp_path / "q.json").exists()
+def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--draws", "0", "--output", str(tmp_path / "q.json")])
+    assert exit_info.value.code == 2 and "--draws" in capsys.readouterr().err and not (tmp_path / "q.json").exists()

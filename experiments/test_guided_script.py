@@ -3,17 +3,19 @@ evaluation scores every strength it is given against the real digits at the same
 
 import json
 
+import pytest
+
 import helper_functions as hf
 import guided
 
 
 def test_training_and_evaluation_at_a_tiny_size(tmp_path):
     shipped = {path: path.read_bytes() for path in (hf.SHIPPED_GUIDED_WEIGHTS_PATH, hf.SHIPPED_WEIGHTS_PATH)}
-    guided.main(["train", "--seconds", "2", "--output-dir", str(tmp_path)])
+    guided.main(["train", "--steps", "3", "--t-min", "250", "--output-dir", str(tmp_path)])
     weights = tmp_path / "guided_mnist_ema.pt"
     run = hf.weights_metadata(weights)
-    assert run["from_ddpm_weights"] and run["steps"] >= 1 and run["trained_by"] == "experiments/guided.py train"
-    assert run["only_conditioning"] == guided.SETTINGS["TRAIN_ONLY_CONDITIONING"] and run["t_min"] == guided.SETTINGS["T_MIN"]
+    assert run["from_ddpm_weights"] and run["steps"] == 3 and run["trained_by"] == "experiments/guided.py train"
+    assert run["only_conditioning"] == guided.SETTINGS["TRAIN_ONLY_CONDITIONING"] and run["t_min"] == 250
     assert all(path.read_bytes() == before for path, before in shipped.items())  # no --ship: data/ untouched
 
     guided.main(["evaluate", "--weights", str(weights), "--w", "0", "2", "--per-digit", "2", "--batch", "20", "--steps", "3",
@@ -25,3 +27,12 @@ def test_training_and_evaluation_at_a_tiny_size(tmp_path):
     assert results["no_label"]["n"] == results["ddpm"]["n"] == 20 and results["real_unconditional"]["n"] == 20
     table = guided.markdown_table(results).splitlines()
     assert len(table) == 2 + 2 + 1 and table[2].startswith("| w = 0 |") and table[3].startswith("| w = 2 |")
+
+
+@pytest.mark.parametrize("arguments, message", [(["--t-min", "1000"], "--t-min must be in 0 ... 999"),
+                                                (["--t-min", "-1"], "--t-min must be in 0 ... 999"),
+                                                (["--steps", "0"], "--steps must be at least 1")])
+def test_bad_training_arguments_are_refused_before_any_work(tmp_path, capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        guided.main(["train", *arguments, "--output-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "run").exists()
