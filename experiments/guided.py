@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--t-min must be in 0 ... {DDPM_CONFIG['T'] - 1}, got {args.t_min}")
     if args.command == "train" and args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.command == "evaluate" and not (0 <= args.label_t_min < DDPM_CONFIG["T"]):
+        parser.error(f"--label-t-min must be in 0 ... {DDPM_CONFIG['T'] - 1} (0: the label on every step), got {args.label_t_min}")
     train(args) if args.command == "train" else evaluate(args)
 
 

@@ -36,3 +36,11 @@ def test_bad_training_arguments_are_refused_before_any_work(tmp_path, capsys, ar
     with pytest.raises(SystemExit) as exit_info:
         guided.main(["train", *arguments, "--output-dir", str(tmp_path / "run")])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("label_t_min", ["1000", "-1"])
+def test_a_label_threshold_outside_the_timesteps_is_refused_before_any_work(tmp_path, capsys, label_t_min):
+    with pytest.raises(SystemExit) as exit_info:
+        guided.main(["evaluate", "--label-t-min", label_t_min, "--output-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2 and "--label-t-min must be in 0 ... 999" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
