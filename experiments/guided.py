@@ -6,11 +6,14 @@
                                                    # that replaces the shipped data/guided_mnist_ema.pt
     python experiments/guided.py train --steps 6194 --t-min 0 --output-dir guided_all_t  # a set number of steps, t drawn
                                                    # from every timestep instead of the notebook's T_MIN on
+    python experiments/guided.py train --seconds 3000 --from-weights data/guided_mnist_ema.pt --every-weight-lr 2e-4 \
+        --class-lr 5e-3 --label-layer-lr 5e-4 --warmup-steps 100 --t-min 0 --output-dir guided_whole  # then every weight
     python experiments/guided.py evaluate --weights data/guided_mnist_ema.pt --w 0 0.5 1 3 --output-dir guided_results
 
 `train` runs the notebook's own pieces (its `conditional_from_ddpm`, `guided_loss` and the shared `train_ddpm`) at
 its settings, read from its configuration cell, on this machine's device: from DDPM.ipynb's shipped weights, batch
-CPU_BATCH_SIZE (GPU_BATCH_SIZE on a GPU), for a wall-clock budget. `evaluate` draws `--per-digit` samples of each digit
+CPU_BATCH_SIZE (GPU_BATCH_SIZE on a GPU), for a wall-clock budget. `--from-weights` starts from a conditional network trained before,
+and `--every-weight-lr` trains DDPM's weights too, beside the label parts at their own peaks. `evaluate` draws `--per-digit` samples of each digit
 per strength with the notebook's `sample_digits` (DDIM on SAMPLING_STEPS steps with SAMPLING_ETA, the label on
 t >= LABEL_T_MIN, the same noise for every strength), scores them with the project's classifier against real
 held-out digits at the same n, then scores the label-free half of the network beside DDPM.ipynb's network with the
@@ -64,14 +67,25 @@ def train(args) -> None:
     hf.seed_everything(SETTINGS["SEED"])
     images, labels = hf.load_mnist_subset()
     x0, c = images * 2 - 1, labels
-    only_conditioning = SETTINGS["TRAIN_ONLY_CONDITIONING"]
+    every_weight = args.every_weight_lr is not None
+    only_conditioning = SETTINGS["TRAIN_ONLY_CONDITIONING"] and not every_weight
     dropout = 0.0 if only_conditioning else (SETTINGS["GPU_DROPOUT"] if on_gpu else SETTINGS["CPU_DROPOUT"])
-    model = nb["conditional_from_ddpm"](hf.SHIPPED_WEIGHTS_PATH, DDPM_CONFIG, SETTINGS["NUM_CLASSES"], dropout=dropout).to(device)
+    model = nb["conditional_from_ddpm"](hf.SHIPPED_WEIGHTS_PATH, DDPM_CONFIG, SETTINGS["NUM_CLASSES"], dropout=dropout)
+    if args.from_weights is not None:  # a class-conditional network trained before, label parts and all
+        model = hf.load_weights(model, args.from_weights, WEIGHTS_CONFIG)
+    model = model.to(device)
     ema = hf.EMA(model, SETTINGS["EMA_DECAY"])
     batch_size = SETTINGS["GPU_BATCH_SIZE"] if on_gpu else SETTINGS["CPU_BATCH_SIZE"]
-    if only_conditioning:
-        trained = nb["only_conditioning"](model, SETTINGS["CLASS_LEARNING_RATE"], SETTINGS["LABEL_LAYER_LEARNING_RATE"])
-        peak_lr = SETTINGS["CLASS_LEARNING_RATE"]
+    class_lr, label_layer_lr = args.class_lr or SETTINGS["CLASS_LEARNING_RATE"], args.label_layer_lr or SETTINGS["LABEL_LAYER_LEARNING_RATE"]
+    if every_weight:  # the label parts at their own peaks, every other weight at --every-weight-lr
+        label_layers = [q for module in model.modules() if isinstance(module, hf.ResnetBlock) for q in module.label_mlp.parameters()]
+        label_parts = {id(q) for q in label_layers} | {id(model.class_embedding.weight)}
+        trained = [{"params": [model.class_embedding.weight], "peak_lr": class_lr}, {"params": label_layers, "peak_lr": label_layer_lr},
+                   {"params": [q for q in model.parameters() if id(q) not in label_parts], "peak_lr": args.every_weight_lr}]
+        peak_lr = args.every_weight_lr
+    elif only_conditioning:
+        trained = nb["only_conditioning"](model, class_lr, label_layer_lr)
+        peak_lr = class_lr
     else:
         trained, peak_lr = [{"params": list(model.parameters())}], SETTINGS["LEARNING_RATE"] * math.sqrt(batch_size / 128)
     optimizer = torch.optim.Adam(trained, lr=peak_lr, fused=on_gpu)
@@ -80,14 +94,16 @@ def train(args) -> None:
     start = time.perf_counter()
     losses = hf.train_ddpm(model, [ema], optimizer, lambda x, y: nb["guided_loss"](model, x, y, schedule, p_uncond, t_min),
                            (x0.to(device), c.to(device)), batch_size, max_steps=args.steps or 10**9, peak_lr=peak_lr,
-                           warmup_steps=SETTINGS["WARMUP_STEPS"], grad_clip=SETTINGS["GRAD_CLIP"],
+                           warmup_steps=args.warmup_steps, grad_clip=SETTINGS["GRAD_CLIP"],
                            max_seconds=None if args.steps else args.seconds,
                            cuda_graph=on_gpu)
     seconds = time.perf_counter() - start
     run_info = {"ema_decay": SETTINGS["EMA_DECAY"], "ema_warmup": True, "steps": len(losses), "batch_size": batch_size,
                 "train_seconds": seconds, "device_name": machine(), "from_ddpm_weights": True, "dropout": dropout,
-                "only_conditioning": only_conditioning,
-                "label_layer_peak_lr": SETTINGS["LABEL_LAYER_LEARNING_RATE"] if only_conditioning else None, "t_min": t_min, "peak_lr": peak_lr,
+                "only_conditioning": only_conditioning, "from_weights": str(args.from_weights) if args.from_weights else None,
+                "every_weight_peak_lr": args.every_weight_lr, "class_peak_lr": class_lr if only_conditioning or every_weight else None,
+                "label_layer_peak_lr": label_layer_lr if only_conditioning or every_weight else None, "t_min": t_min,
+                "peak_lr": peak_lr, "warmup_steps": args.warmup_steps,
                 "losses": losses[:: max(1, len(losses) // 2000)], "trained_by": "experiments/guided.py train",
                 "date": time.strftime("%Y-%m-%d")}
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -170,6 +186,14 @@ def main(argv: list[str] | None = None) -> None:
                               help="train this many steps instead of for --seconds (the cosine decay follows the steps)")
     train_parser.add_argument("--t-min", type=int, default=SETTINGS["T_MIN"],
                               help="draw t from {t_min, ..., T-1} (default: the notebook's T_MIN)")
+    train_parser.add_argument("--from-weights", type=Path, default=None,
+                              help="start from these class-conditional weights (e.g. data/guided_mnist_ema.pt) instead of "
+                                   "DDPM's with the label parts at zero")
+    train_parser.add_argument("--every-weight-lr", type=float, default=None,
+                              help="train every weight, DDPM's at this peak learning rate (default: the notebook's choice)")
+    train_parser.add_argument("--class-lr", type=float, default=None, help="the class vectors' peak (default: the notebook's)")
+    train_parser.add_argument("--label-layer-lr", type=float, default=None, help="the label layers' peak (default: the notebook's)")
+    train_parser.add_argument("--warmup-steps", type=int, default=SETTINGS["WARMUP_STEPS"], help="linear warm-up (default: the notebook's)")
     train_parser.add_argument("--ship", action="store_true", help="also replace the shipped data/guided_mnist_ema.pt")
     evaluate_parser = commands.add_parser("evaluate", help="score guidance strengths on 100 samples per digit")
     evaluate_parser.add_argument("--weights", type=Path, default=hf.SHIPPED_GUIDED_WEIGHTS_PATH)
@@ -187,6 +211,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "train" and not (0 <= args.t_min < DDPM_CONFIG["T"]):
         parser.error(f"--t-min must be in 0 ... {DDPM_CONFIG['T'] - 1}, got {args.t_min}")
+    if args.command == "train":
+        rates = {"--every-weight-lr": args.every_weight_lr, "--class-lr": args.class_lr, "--label-layer-lr": args.label_layer_lr}
+        for flag, rate in rates.items():
+            if rate is not None and not rate > 0:
+                parser.error(f"{flag} is a peak learning rate and must be above 0, got {rate:g}")
+        if args.warmup_steps < 0:
+            parser.error(f"--warmup-steps must be 0 or more, got {args.warmup_steps}")
+        if args.from_weights is not None and not args.from_weights.is_file():
+            parser.error(f"--from-weights: no file {args.from_weights}")
     if args.command == "train" and args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}")
     if args.command == "evaluate" and not (0 <= args.label_t_min < DDPM_CONFIG["T"]):

@@ -4,6 +4,7 @@ evaluation scores every strength it is given against the real digits at the same
 import json
 
 import pytest
+import torch
 
 import helper_functions as hf
 import guided
@@ -29,9 +30,31 @@ def test_training_and_evaluation_at_a_tiny_size(tmp_path):
     assert len(table) == 2 + 2 + 1 and table[2].startswith("| w = 0 |") and table[3].startswith("| w = 2 |")
 
 
+def test_every_weight_training_from_earlier_weights_moves_ddpms_weights_too(tmp_path):
+    shipped = {path: path.read_bytes() for path in (hf.SHIPPED_GUIDED_WEIGHTS_PATH, hf.SHIPPED_WEIGHTS_PATH)}
+    guided.main(["train", "--steps", "2", "--t-min", "0", "--from-weights", str(hf.SHIPPED_GUIDED_WEIGHTS_PATH),
+                 "--every-weight-lr", "1e-4", "--class-lr", "5e-3", "--label-layer-lr", "5e-4", "--warmup-steps", "1",
+                 "--output-dir", str(tmp_path)])
+    weights = tmp_path / "guided_mnist_ema.pt"
+    run = hf.weights_metadata(weights)
+    assert not run["only_conditioning"] and run["every_weight_peak_lr"] == 1e-4 and run["peak_lr"] == 1e-4
+    assert run["class_peak_lr"] == 5e-3 and run["label_layer_peak_lr"] == 5e-4 and run["warmup_steps"] == 1
+    assert run["from_weights"] == str(hf.SHIPPED_GUIDED_WEIGHTS_PATH) and run["steps"] == 2
+    unet = lambda: hf.Unet(dim=32, dim_mults=(1, 2, 4), num_classes=10)  # noqa: E731
+    before = hf.load_weights(unet(), hf.SHIPPED_GUIDED_WEIGHTS_PATH, guided.WEIGHTS_CONFIG).state_dict()
+    after = hf.load_weights(unet(), weights, guided.WEIGHTS_CONFIG).state_dict()
+    assert not torch.equal(after["init_conv.weight"], before["init_conv.weight"])  # a DDPM weight trained
+    assert not torch.equal(after["class_embedding.weight"], before["class_embedding.weight"])  # and the label parts
+    assert all(path.read_bytes() == before_bytes for path, before_bytes in shipped.items())
+
+
 @pytest.mark.parametrize("arguments, message", [(["train", "--t-min", "1000"], "--t-min must be in 0 ... 999"),
                                                 (["train", "--t-min", "-1"], "--t-min must be in 0 ... 999"),
                                                 (["train", "--steps", "0"], "--steps must be at least 1"),
+                                                (["train", "--every-weight-lr", "0"], "--every-weight-lr is a peak learning rate"),
+                                                (["train", "--class-lr", "-1"], "--class-lr is a peak learning rate"),
+                                                (["train", "--warmup-steps", "-1"], "--warmup-steps must be 0 or more"),
+                                                (["train", "--from-weights", "nowhere.pt"], "--from-weights: no file nowhere.pt"),
                                                 (["evaluate", "--label-t-min", "1000"], "--label-t-min must be in 0 ... 999"),
                                                 (["evaluate", "--label-t-min", "-1"], "--label-t-min must be in 0 ... 999")])
 def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, arguments, message):
