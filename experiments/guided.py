@@ -216,6 +216,10 @@ def main(argv: list[str] | None = None) -> None:
         for flag, rate in rates.items():
             if rate is not None and not rate > 0:
                 parser.error(f"{flag} is a peak learning rate and must be above 0, got {rate:g}")
+        separate_peaks = SETTINGS["TRAIN_ONLY_CONDITIONING"] or args.every_weight_lr is not None
+        if not separate_peaks and (args.class_lr is not None or args.label_layer_lr is not None):
+            parser.error("--class-lr and --label-layer-lr set the label parts' own peaks, which only the label-parts "
+                         "training or --every-weight-lr has; the notebook trains every weight at LEARNING_RATE")
         if args.warmup_steps < 0:
             parser.error(f"--warmup-steps must be 0 or more, got {args.warmup_steps}")
         if args.from_weights is not None and not args.from_weights.is_file():

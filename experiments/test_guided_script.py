@@ -61,3 +61,11 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, arguments, 
     with pytest.raises(SystemExit) as exit_info:
         guided.main([*arguments, "--output-dir", str(tmp_path / "run")])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_label_part_peaks_are_refused_where_no_label_part_has_its_own(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(guided.SETTINGS, "TRAIN_ONLY_CONDITIONING", False)  # the notebook's route from random weights
+    with pytest.raises(SystemExit) as exit_info:
+        guided.main(["train", "--class-lr", "1e-2", "--output-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2 and "only the label-parts training or --every-weight-lr" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
