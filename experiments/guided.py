@@ -77,11 +77,11 @@ def train(args) -> None:
     ema = hf.EMA(model, SETTINGS["EMA_DECAY"])
     batch_size = SETTINGS["GPU_BATCH_SIZE"] if on_gpu else SETTINGS["CPU_BATCH_SIZE"]
     class_lr, label_layer_lr = args.class_lr or SETTINGS["CLASS_LEARNING_RATE"], args.label_layer_lr or SETTINGS["LABEL_LAYER_LEARNING_RATE"]
-    if every_weight:  # the label parts at their own peaks, every other weight at --every-weight-lr
-        label_layers = [q for module in model.modules() if isinstance(module, hf.ResnetBlock) for q in module.label_mlp.parameters()]
-        label_parts = {id(q) for q in label_layers} | {id(model.class_embedding.weight)}
-        trained = [{"params": [model.class_embedding.weight], "peak_lr": class_lr}, {"params": label_layers, "peak_lr": label_layer_lr},
-                   {"params": [q for q in model.parameters() if id(q) not in label_parts], "peak_lr": args.every_weight_lr}]
+    if every_weight:  # the notebook's label-part groups at their own peaks, then every other weight at --every-weight-lr
+        trained = nb["only_conditioning"](model, class_lr, label_layer_lr)
+        label_parts = {id(q) for group in trained for q in group["params"]}
+        model.requires_grad_(True)  # only_conditioning froze the rest
+        trained.append({"params": [q for q in model.parameters() if id(q) not in label_parts], "peak_lr": args.every_weight_lr})
         peak_lr = args.every_weight_lr
     elif only_conditioning:
         trained = nb["only_conditioning"](model, class_lr, label_layer_lr)
