@@ -8,12 +8,16 @@
                                                    # from every timestep instead of the notebook's T_MIN on
     python experiments/guided.py train --seconds 3000 --from-weights data/guided_mnist_ema.pt --every-weight-lr 2e-4 \
         --class-lr 5e-3 --label-layer-lr 5e-4 --warmup-steps 100 --t-min 0 --output-dir guided_whole  # then every weight
+    python experiments/guided.py train --from-random-weights --seconds 180 --output-dir guided_random  # on a GPU: the
+                                                   # notebook's route from random weights, every weight, every t
     python experiments/guided.py evaluate --weights data/guided_mnist_ema.pt --w 0 0.5 1 3 --output-dir guided_results
 
 `train` runs the notebook's own pieces (its `conditional_from_ddpm`, `guided_loss` and the shared `train_ddpm`) at
 its settings, read from its configuration cell, on this machine's device: from DDPM.ipynb's shipped weights, batch
 CPU_BATCH_SIZE (GPU_BATCH_SIZE on a GPU), for a wall-clock budget. `--from-weights` starts from a conditional network trained before,
-and `--every-weight-lr` trains DDPM's weights too, beside the label parts at their own peaks. `evaluate` draws `--per-digit` samples of each digit
+and `--every-weight-lr` trains DDPM's weights too, beside the label parts at their own peaks. `--from-random-weights` is the
+notebook's `FROM_DDPM_WEIGHTS = False`: a fresh conditional U-Net, every weight trained on every t at its LEARNING_RATE,
+with GPU_DROPOUT on a GPU (experiments/guided_on_gpu.sh runs it and scores it in one call). `evaluate` draws `--per-digit` samples of each digit
 per strength with the notebook's `sample_digits` (DDIM on SAMPLING_STEPS steps with SAMPLING_ETA, the label on
 t >= LABEL_T_MIN, the same noise for every strength), scores them with the project's classifier against real
 held-out digits at the same n, then scores the label-free half of the network beside DDPM.ipynb's network with the
@@ -68,9 +72,12 @@ def train(args) -> None:
     images, labels = hf.load_mnist_subset()
     x0, c = images * 2 - 1, labels
     every_weight = args.every_weight_lr is not None
-    only_conditioning = SETTINGS["TRAIN_ONLY_CONDITIONING"] and not every_weight
+    only_conditioning = SETTINGS["TRAIN_ONLY_CONDITIONING"] and not every_weight and not args.from_random_weights
     dropout = 0.0 if only_conditioning else (SETTINGS["GPU_DROPOUT"] if on_gpu else SETTINGS["CPU_DROPOUT"])
-    model = nb["conditional_from_ddpm"](hf.SHIPPED_WEIGHTS_PATH, DDPM_CONFIG, SETTINGS["NUM_CLASSES"], dropout=dropout)
+    if args.from_random_weights:  # the notebook's FROM_DDPM_WEIGHTS = False
+        model = hf.Unet(DDPM_CONFIG["dim"], tuple(DDPM_CONFIG["dim_mults"]), dropout=dropout, num_classes=SETTINGS["NUM_CLASSES"])
+    else:
+        model = nb["conditional_from_ddpm"](hf.SHIPPED_WEIGHTS_PATH, DDPM_CONFIG, SETTINGS["NUM_CLASSES"], dropout=dropout)
     if args.from_weights is not None:  # a class-conditional network trained before, label parts and all
         model = hf.load_weights(model, args.from_weights, WEIGHTS_CONFIG)
     model = model.to(device)
@@ -99,7 +106,7 @@ def train(args) -> None:
                            cuda_graph=on_gpu)
     seconds = time.perf_counter() - start
     run_info = {"ema_decay": SETTINGS["EMA_DECAY"], "ema_warmup": True, "steps": len(losses), "batch_size": batch_size,
-                "train_seconds": seconds, "device_name": machine(), "from_ddpm_weights": True, "dropout": dropout,
+                "train_seconds": seconds, "device_name": machine(), "from_ddpm_weights": not args.from_random_weights, "dropout": dropout,
                 "only_conditioning": only_conditioning, "from_weights": str(args.from_weights) if args.from_weights else None,
                 "every_weight_peak_lr": args.every_weight_lr, "class_peak_lr": class_lr if only_conditioning or every_weight else None,
                 "label_layer_peak_lr": label_layer_lr if only_conditioning or every_weight else None, "t_min": t_min,
@@ -180,15 +187,18 @@ def markdown_table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    train_parser = commands.add_parser("train", help="fine-tune DDPM.ipynb's shipped weights with labels")
+    train_parser = commands.add_parser("train", help="fine-tune DDPM.ipynb's shipped weights with labels, or train from random weights")
     train_parser.add_argument("--seconds", type=float, default=3600.0, help="wall-clock training budget")
     train_parser.add_argument("--steps", type=int, default=None,
                               help="train this many steps instead of for --seconds (the cosine decay follows the steps)")
-    train_parser.add_argument("--t-min", type=int, default=SETTINGS["T_MIN"],
-                              help="draw t from {t_min, ..., T-1} (default: the notebook's T_MIN)")
+    train_parser.add_argument("--t-min", type=int, default=None,
+                              help="draw t from {t_min, ..., T-1} (default: the notebook's T_MIN; 0 with --from-random-weights)")
     train_parser.add_argument("--from-weights", type=Path, default=None,
                               help="start from these class-conditional weights (e.g. data/guided_mnist_ema.pt) instead of "
                                    "DDPM's with the label parts at zero")
+    train_parser.add_argument("--from-random-weights", action="store_true",
+                              help="start from random weights and train every weight, as the notebook does with "
+                                   "FROM_DDPM_WEIGHTS = False (the GPU route)")
     train_parser.add_argument("--every-weight-lr", type=float, default=None,
                               help="train every weight, DDPM's at this peak learning rate (default: the notebook's choice)")
     train_parser.add_argument("--class-lr", type=float, default=None, help="the class vectors' peak (default: the notebook's)")
@@ -209,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     for sub in (train_parser, evaluate_parser):
         sub.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "guided")
     args = parser.parse_args(argv)
+    if args.command == "train" and args.t_min is None:
+        args.t_min = 0 if args.from_random_weights else SETTINGS["T_MIN"]
     if args.command == "train" and not (0 <= args.t_min < DDPM_CONFIG["T"]):
         parser.error(f"--t-min must be in 0 ... {DDPM_CONFIG['T'] - 1}, got {args.t_min}")
     if args.command == "train":
@@ -216,6 +228,11 @@ def main(argv: list[str] | None = None) -> None:
         for flag, rate in rates.items():
             if rate is not None and not rate > 0:
                 parser.error(f"{flag} is a peak learning rate and must be above 0, got {rate:g}")
+        if args.from_random_weights:
+            clashing = [flag for flag, value in {"--from-weights": args.from_weights, **rates}.items() if value is not None]
+            if clashing:
+                parser.error(f"--from-random-weights trains every weight from scratch at the notebook's LEARNING_RATE; "
+                             f"it takes no {', '.join(clashing)}")
         separate_peaks = SETTINGS["TRAIN_ONLY_CONDITIONING"] or args.every_weight_lr is not None
         if not separate_peaks and (args.class_lr is not None or args.label_layer_lr is not None):
             parser.error("--class-lr and --label-layer-lr set the label parts' own peaks, which only the label-parts "

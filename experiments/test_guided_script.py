@@ -2,12 +2,17 @@
 evaluation scores every strength it is given against the real digits at the same n."""
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
 import helper_functions as hf
 import guided
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_training_and_evaluation_at_a_tiny_size(tmp_path):
@@ -48,6 +53,39 @@ def test_every_weight_training_from_earlier_weights_moves_ddpms_weights_too(tmp_
     assert all(path.read_bytes() == before_bytes for path, before_bytes in shipped.items())
 
 
+def test_training_from_random_weights_trains_every_weight_on_every_t(tmp_path):
+    shipped = {path: path.read_bytes() for path in (hf.SHIPPED_GUIDED_WEIGHTS_PATH, hf.SHIPPED_WEIGHTS_PATH)}
+    guided.main(["train", "--from-random-weights", "--steps", "2", "--output-dir", str(tmp_path)])
+    weights = tmp_path / "guided_mnist_ema.pt"
+    run = hf.weights_metadata(weights)
+    assert not run["from_ddpm_weights"] and not run["only_conditioning"] and run["t_min"] == 0  # the notebook's T_MIN then
+    assert run["peak_lr"] == pytest.approx(guided.SETTINGS["LEARNING_RATE"] * (run["batch_size"] / 128) ** 0.5)
+    assert run["class_peak_lr"] is None and run["label_layer_peak_lr"] is None
+    ddpm = torch.load(hf.SHIPPED_WEIGHTS_PATH, map_location="cpu", weights_only=True)["state_dict"]
+    state = hf.load_weights(hf.Unet(dim=32, dim_mults=(1, 2, 4), num_classes=10), weights, guided.WEIGHTS_CONFIG).state_dict()
+    assert not torch.equal(state["init_conv.weight"], ddpm["init_conv.weight"].float())  # not DDPM's weights
+    assert state["class_embedding.weight"][:10].abs().sum() > 0
+    assert all(path.read_bytes() == before for path, before in shipped.items())
+
+
+def test_the_gpu_script_trains_from_random_weights_and_scores_every_strength(tmp_path):
+    # the script's commands are recorded by a stand-in interpreter, then run here: one torch import instead of two
+    calls, recorder = tmp_path / "calls.jsonl", tmp_path / "record_python"
+    recorder.write_text(f'#!/bin/sh\npython3 -c "import json, sys; print(json.dumps(sys.argv[1:]))" "$@" >> {calls}\n')
+    recorder.chmod(0o755)
+    env = os.environ | {"OUT": str(tmp_path), "TRAIN_SECONDS": "0.01", "PER_DIGIT": "2", "W": "0 1", "BATCH": "10", "STEPS": "2",
+                        "PYTHON": str(recorder)}
+    subprocess.run(["bash", str(ROOT / "experiments" / "guided_on_gpu.sh")], env=env, check=True, capture_output=True)
+    commands = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert [command[:2] for command in commands] == [["experiments/guided.py", "train"], ["experiments/guided.py", "evaluate"]]
+    for command in commands:
+        guided.main(command[1:])
+    assert not hf.weights_metadata(tmp_path / "guided_mnist_ema.pt")["from_ddpm_weights"]
+    results = json.loads((tmp_path / "guided_results.json").read_text())
+    assert set(results["guided"]) == {"0.0", "1.0"} and results["label_t_min"] == 0 and results["ddpm"]["n"] == 20
+    assert results["sampler"].endswith("2 steps") and (tmp_path / "train.log").is_file() and (tmp_path / "evaluate.log").is_file()
+
+
 @pytest.mark.parametrize("arguments, message", [(["train", "--t-min", "1000"], "--t-min must be in 0 ... 999"),
                                                 (["train", "--t-min", "-1"], "--t-min must be in 0 ... 999"),
                                                 (["train", "--steps", "0"], "--steps must be at least 1"),
@@ -55,6 +93,10 @@ def test_every_weight_training_from_earlier_weights_moves_ddpms_weights_too(tmp_
                                                 (["train", "--class-lr", "-1"], "--class-lr is a peak learning rate"),
                                                 (["train", "--warmup-steps", "-1"], "--warmup-steps must be 0 or more"),
                                                 (["train", "--from-weights", "nowhere.pt"], "--from-weights: no file nowhere.pt"),
+                                                (["train", "--from-random-weights", "--class-lr", "1e-2"],
+                                                 "--from-random-weights trains every weight from scratch"),
+                                                (["train", "--from-random-weights", "--from-weights", "data/guided_mnist_ema.pt"],
+                                                 "it takes no --from-weights"),
                                                 (["evaluate", "--label-t-min", "1000"], "--label-t-min must be in 0 ... 999"),
                                                 (["evaluate", "--label-t-min", "-1"], "--label-t-min must be in 0 ... 999")])
 def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, arguments, message):
