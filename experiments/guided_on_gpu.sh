@@ -6,8 +6,8 @@
 #
 # 1. `guided.py train --from-random-weights`: a fresh class-conditional U-Net, every weight trained with label dropout
 #    on every t for TRAIN_SECONDS (the notebook's 3 minutes on a GPU), batches of GPU_BATCH_SIZE;
-# 2. `guided.py evaluate` on PER_DIGIT samples per digit (100: the issue's n = 1,000) at each strength in W, DDIM on 50
-#    steps, the label on every step (these weights learned it on every t), then the label-free half beside
+# 2. `guided.py evaluate` on PER_DIGIT samples per digit (100: the issue's n = 1,000) at each strength in W, DDIM on the
+#    notebook's SAMPLING_STEPS, the label on every step (these weights learned it on every t), then the label-free half beside
 #    DDPM.ipynb's network.
 # Each step's output and guided_results.json land in the output folder; nothing in data/ is written (shipping the
 # weights is the maintainer's separate step). PYTHON picks the interpreter; TRAIN_SECONDS, PER_DIGIT, W, BATCH and

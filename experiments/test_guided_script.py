@@ -15,14 +15,19 @@ import guided
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def shipped_bytes() -> dict:
+    """The shipped weights' bytes, to check that a run left data/ as it was."""
+    return {path: path.read_bytes() for path in (hf.SHIPPED_GUIDED_WEIGHTS_PATH, hf.SHIPPED_WEIGHTS_PATH)}
+
+
 def test_training_and_evaluation_at_a_tiny_size(tmp_path):
-    shipped = {path: path.read_bytes() for path in (hf.SHIPPED_GUIDED_WEIGHTS_PATH, hf.SHIPPED_WEIGHTS_PATH)}
+    shipped = shipped_bytes()
     guided.main(["train", "--steps", "3", "--t-min", "250", "--output-dir", str(tmp_path)])
     weights = tmp_path / "guided_mnist_ema.pt"
     run = hf.weights_metadata(weights)
     assert run["from_ddpm_weights"] and run["steps"] == 3 and run["trained_by"] == "experiments/guided.py train"
     assert run["only_conditioning"] == guided.SETTINGS["TRAIN_ONLY_CONDITIONING"] and run["t_min"] == 250
-    assert all(path.read_bytes() == before for path, before in shipped.items())  # no --ship: data/ untouched
+    assert shipped_bytes() == shipped  # no --ship: data/ untouched
 
     guided.main(["evaluate", "--weights", str(weights), "--w", "0", "2", "--per-digit", "2", "--batch", "20", "--steps", "3",
                  "--output-dir", str(tmp_path)])
@@ -36,7 +41,7 @@ def test_training_and_evaluation_at_a_tiny_size(tmp_path):
 
 
 def test_every_weight_training_from_earlier_weights_moves_ddpms_weights_too(tmp_path):
-    shipped = {path: path.read_bytes() for path in (hf.SHIPPED_GUIDED_WEIGHTS_PATH, hf.SHIPPED_WEIGHTS_PATH)}
+    shipped = shipped_bytes()
     guided.main(["train", "--steps", "2", "--t-min", "0", "--from-weights", str(hf.SHIPPED_GUIDED_WEIGHTS_PATH),
                  "--every-weight-lr", "1e-4", "--class-lr", "5e-3", "--label-layer-lr", "5e-4", "--warmup-steps", "1",
                  "--output-dir", str(tmp_path)])
@@ -50,11 +55,11 @@ def test_every_weight_training_from_earlier_weights_moves_ddpms_weights_too(tmp_
     after = hf.load_weights(unet(), weights, guided.WEIGHTS_CONFIG).state_dict()
     assert not torch.equal(after["init_conv.weight"], before["init_conv.weight"])  # a DDPM weight trained
     assert not torch.equal(after["class_embedding.weight"], before["class_embedding.weight"])  # and the label parts
-    assert all(path.read_bytes() == before_bytes for path, before_bytes in shipped.items())
+    assert shipped_bytes() == shipped
 
 
 def test_training_from_random_weights_trains_every_weight_on_every_t(tmp_path):
-    shipped = {path: path.read_bytes() for path in (hf.SHIPPED_GUIDED_WEIGHTS_PATH, hf.SHIPPED_WEIGHTS_PATH)}
+    shipped = shipped_bytes()
     guided.main(["train", "--from-random-weights", "--steps", "2", "--output-dir", str(tmp_path)])
     weights = tmp_path / "guided_mnist_ema.pt"
     run = hf.weights_metadata(weights)
@@ -65,7 +70,7 @@ def test_training_from_random_weights_trains_every_weight_on_every_t(tmp_path):
     state = hf.load_weights(hf.Unet(dim=32, dim_mults=(1, 2, 4), num_classes=10), weights, guided.WEIGHTS_CONFIG).state_dict()
     assert not torch.equal(state["init_conv.weight"], ddpm["init_conv.weight"].float())  # not DDPM's weights
     assert state["class_embedding.weight"][:10].abs().sum() > 0
-    assert all(path.read_bytes() == before for path, before in shipped.items())
+    assert shipped_bytes() == shipped
 
 
 def test_the_gpu_script_trains_from_random_weights_and_scores_every_strength(tmp_path):
