@@ -1196,14 +1196,17 @@ def plot_sampling_history(
     return fig
 
 
-def show_source(*definitions: Callable | type) -> "IPython.display.Code":
+def show_source(*definitions: Callable | type) -> "IPython.display.Code | str":
     """The source of functions or classes as highlighted code, to display in a notebook right under the equation
-    or the explanation it computes."""
-    from IPython.display import Code
-
+    or the explanation it computes; as plain text where IPython is not installed (a notebook run as a script)."""
     if not definitions:
         raise ValueError("show_source needs at least one function or class to show")
-    return Code("\n\n".join(inspect.getsource(definition) for definition in definitions), language="python")
+    source = "\n\n".join(inspect.getsource(definition) for definition in definitions)
+    try:
+        from IPython.display import Code
+    except ImportError:
+        return source
+    return Code(source, language="python")
 
 
 def figure_folder(smoke: bool | None = None) -> Path:

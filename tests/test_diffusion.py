@@ -1,6 +1,7 @@
 """Unit tests of the DDPM maths in helper_functions.py: schedules, q_sample, p_sample, ddpm_sample, weights."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -230,6 +231,12 @@ def test_show_source_displays_the_function_itself():
     assert "def forward(self, x, t, labels=None):" in both.data and "class EMA:" in both.data
     with pytest.raises(ValueError, match=r"at least one function or class"):
         hf.show_source()
+
+
+def test_show_source_is_plain_text_without_ipython(monkeypatch):
+    monkeypatch.setitem(sys.modules, "IPython.display", None)  # as on a machine without Jupyter: the import fails
+    text = hf.show_source(hf.q_sample)
+    assert isinstance(text, str) and text.startswith("def q_sample(")
 
 
 def test_save_gif_writes_all_frames(tmp_path, monkeypatch):
