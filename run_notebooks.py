@@ -16,10 +16,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
-from nbconvert.preprocessors import CoalesceStreamsPreprocessor
-
 ROOT = Path(__file__).resolve().parent
 NOTEBOOKS = ["toy_diffusion.ipynb", "DDPM.ipynb", "guided_diffusion.ipynb"]
 
@@ -35,6 +31,10 @@ def cell_seconds(cell) -> float:
 
 def run(path: Path) -> None:
     """Execute path in place and print how long it and its slowest cells took."""
+    import nbformat  # here, not at the top: experiments/time_notebook.py imports NOTEBOOKS where Jupyter is missing
+    from nbclient import NotebookClient
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
     notebook = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     NotebookClient(notebook, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()

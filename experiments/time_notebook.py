@@ -21,18 +21,18 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from helper_functions import is_smoke_test  # noqa: E402
 from guided import machine  # noqa: E402  (beside this script)
-
-NOTEBOOKS = ["toy_diffusion.ipynb", "DDPM.ipynb", "guided_diffusion.ipynb"]
+from run_notebooks import NOTEBOOKS  # noqa: E402
 
 
 def finish_gpu_work() -> None:
     """Wait for queued GPU work, so that a cell's time includes what it launched."""
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
@@ -41,8 +41,6 @@ def time_notebook(path: Path) -> dict:
     """Execute the notebook's code cells in order in one namespace; return the total and each cell's seconds (cells
     numbered among all cells, as in the saved notebook). An error in a cell stops the run, its traceback naming the
     cell."""
-    import matplotlib.pyplot as plt
-
     namespace: dict = {"__name__": "__main__"}
     cells = []
     start = time.perf_counter()
@@ -72,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [name for name in args.notebooks if name not in NOTEBOOKS]
     if unknown:
         parser.error(f"unknown notebook(s) {unknown}; choose from {NOTEBOOKS}")
-    os.environ.setdefault("MPLBACKEND", "Agg")  # headless: plt.show() draws nothing
+    plt.switch_backend("Agg")  # headless: plt.show() draws nothing (helper_functions has imported pyplot already)
     os.chdir(ROOT)  # the notebooks import helper_functions and read data/ from the repository root
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for notebook in args.notebooks:
