@@ -1,0 +1,94 @@
+"""experiments/guidance_variants.py: each rule against its definition on a stand-in network whose conditional and
+unconditional predictions are known, bad runs refused, and the script at a tiny size scoring every run it is given."""
+
+import json
+
+import pytest
+import torch
+
+import helper_functions as hf
+import guidance_variants as gv
+from notebook_code import notebook_classes
+
+GUIDED_EPS = notebook_classes("guided_diffusion.ipynb")["guided_eps"]
+NULL, T_MIN = 10, 200
+SCHEDULE = hf.NoiseSchedule(hf.linear_beta_schedule(1000))
+
+
+def known_network(x, t, labels):
+    """eps(x_t, t, c) = 0.1 (c + 1) x_t + 0.05 c, eps(x_t, t, no label) = -0.2 x_t: known, and different per image."""
+    c = labels.float().view(-1, 1, 1, 1)
+    return torch.where(c == NULL, -0.2 * x, 0.1 * (c + 1) * x + 0.05 * c)
+
+
+def predict(rule, options, t):
+    """The rule's eps for 4 fixed images with labels 1, 3, 5, 7 at timestep t, and the x0 it implies."""
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    t_batch = torch.full((4,), t)
+    eps = gv.eps_model(rule, options, known_network, torch.tensor([1, 3, 5, 7]), SCHEDULE, NULL, T_MIN, GUIDED_EPS)(x, t_batch)
+    abar = SCHEDULE.alphas_cumprod[t]
+    return eps, (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+
+
+@pytest.mark.parametrize("text, expected", [("cfg:w=0.5", ("cfg", {"w": 0.5})),
+                                            ("interval:w=1,lo=200,hi=600", ("interval", {"w": 1.0, "lo": 200.0, "hi": 600.0})),
+                                            ("apg:w=2,offset=1", ("apg", {"w": 2.0, "offset": 1.0}))])
+def test_runs_are_read_as_a_rule_and_its_options(text, expected):
+    assert gv.parse_run(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [("guide:w=1", "unknown guidance rule 'guide'"), ("apg:w=1,phi=1", "apg takes"),
+                                           ("cfg:w", "cfg takes"), ("interval:w=1,lo=200", "interval needs ['hi']"),
+                                           ("rescale:w=1", "rescale needs ['phi']"), ("clip:w=-1", "w must be at least 0")])
+def test_bad_runs_get_a_clear_error(text, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        gv.parse_run(text)
+
+
+def test_a_window_over_every_labelled_step_is_plain_guidance_and_one_outside_it_is_the_conditional_model():
+    for t in (200, 500, 999):
+        assert torch.equal(predict("interval", {"w": 2.0, "lo": 0, "hi": 999}, t)[0], predict("cfg", {"w": 2.0}, t)[0])
+        assert torch.equal(predict("interval", {"w": 2.0, "lo": 0, "hi": t - 1}, t)[0], predict("cfg", {"w": 0.0}, t)[0])
+    assert not torch.allclose(predict("cfg", {"w": 2.0}, 500)[0], predict("cfg", {"w": 0.0}, 500)[0])
+
+
+def test_the_x0_rules_reduce_to_plain_guidance_where_they_should():
+    t = 600
+    plain_eps, plain_x0 = predict("cfg", {"w": 1.5}, t)
+    assert torch.allclose(predict("apg", {"w": 1.5, "eta": 1.0}, t)[0], plain_eps, atol=1e-4)  # the parallel part kept
+    assert torch.allclose(predict("rescale", {"w": 1.5, "phi": 0.0}, t)[0], plain_eps, atol=1e-4)
+    assert plain_x0.abs().max() > 1  # so clipping has something to do
+    clipped_x0 = predict("clip", {"w": 1.5}, t)[1]
+    assert torch.allclose(clipped_x0, plain_x0.clamp(-1, 1), atol=1e-4)
+
+
+def test_projected_guidance_steps_orthogonally_and_rescaling_keeps_the_conditional_spread():
+    x0_c, x0_null = torch.randn(2, 3, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    for offset in (0.0, 1.0):
+        step = gv.guided_x0("apg", {"w": 2.0, "offset": offset}, x0_c, x0_null) - x0_c
+        assert torch.allclose((step * (x0_c + offset)).flatten(1).sum(1), torch.zeros(3), atol=1e-3)
+    rescaled = gv.guided_x0("rescale", {"w": 2.0, "phi": 1.0}, x0_c, x0_null)
+    assert torch.allclose(rescaled.flatten(1).std(1), x0_c.flatten(1).std(1), atol=1e-5)
+
+
+@pytest.mark.parametrize("rule, options", [("cfg", {"w": 3.0}), ("interval", {"w": 3.0, "lo": 0, "hi": 999}),
+                                           ("clip", {"w": 3.0}), ("apg", {"w": 3.0}), ("rescale", {"w": 3.0, "phi": 0.7})])
+def test_below_the_label_threshold_every_rule_is_the_unconditional_model(rule, options):
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(predict(rule, options, T_MIN - 1)[0], -0.2 * x)
+
+
+def test_the_script_scores_every_run_at_a_tiny_size_and_leaves_the_shipped_weights_alone(tmp_path):
+    shipped = hf.SHIPPED_GUIDED_WEIGHTS_PATH.read_bytes()
+    gv.main(["--per-digit", "2", "--steps", "2", "--batch", "7", "--run", "cfg:w=0.5", "apg:w=1,offset=1",
+             "--output-dir", str(tmp_path)])
+    results = json.loads((tmp_path / "guidance_variants.json").read_text())
+    assert list(results["runs"]) == ["cfg:w=0.5", "apg:w=1,offset=1"] and results["real"]["n"] == 20
+    assert all(scores["n"] == 20 and 0 <= scores["accuracy"] <= 1 for scores in results["runs"].values())
+    assert hf.SHIPPED_GUIDED_WEIGHTS_PATH.read_bytes() == shipped
+
+
+def test_a_single_sample_per_digit_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gv.main(["--per-digit", "1", "--run", "cfg:w=0", "--output-dir", str(tmp_path)])
+    assert "--per-digit must be at least 2" in capsys.readouterr().err and not (tmp_path / "guidance_variants.json").exists()
