@@ -34,8 +34,8 @@ import helper_functions as hf  # noqa: E402
 from notebook_code import notebook_classes  # noqa: E402
 
 SETTINGS, DDPM_CONFIG = guided.SETTINGS, guided.DDPM_CONFIG
-RULES = {"cfg": {"w"}, "interval": {"w", "lo", "hi"}, "clip": {"w"}, "apg": {"w", "offset", "eta"}, "rescale": {"w", "phi"}}
 REQUIRED = {"cfg": {"w"}, "interval": {"w", "lo", "hi"}, "clip": {"w"}, "apg": {"w"}, "rescale": {"w", "phi"}}
+RULES = {name: keys | ({"offset", "eta"} if name == "apg" else set()) for name, keys in REQUIRED.items()}  # + optional keys
 
 
 def parse_run(text: str) -> tuple[str, dict[str, float]]:
@@ -153,9 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     print(hf.format_guided_quality("real digits", results["real"]), flush=True)
     for text, (rule, options) in zip(args.run, runs):
         start = time.perf_counter()
-        with torch.inference_mode():
-            samples = sample(rule, options, network, asked, schedule, args.steps, SETTINGS["SAMPLING_ETA"], args.batch,
-                             torch.Generator(device).manual_seed(seed), device, classes, t_min, guided_eps)
+        samples = sample(rule, options, network, asked, schedule, args.steps, SETTINGS["SAMPLING_ETA"], args.batch,
+                         torch.Generator(device).manual_seed(seed), device, classes, t_min, guided_eps)
         scores = results["runs"][text] = hf.conditional_quality(samples, asked, reference) | {"seconds": time.perf_counter() - start}
         print(hf.format_guided_quality(text, scores, results["real"]) + f"   {scores['seconds']:.0f} s", flush=True)
         args.output_dir.mkdir(parents=True, exist_ok=True)
