@@ -35,7 +35,8 @@ from notebook_code import notebook_classes  # noqa: E402
 
 SETTINGS, DDPM_CONFIG = guided.SETTINGS, guided.DDPM_CONFIG
 REQUIRED = {"cfg": {"w"}, "interval": {"w", "lo", "hi"}, "clip": {"w"}, "apg": {"w"}, "rescale": {"w", "phi"}}
-RULES = {name: keys | ({"offset", "eta"} if name == "apg" else set()) for name, keys in REQUIRED.items()}  # + optional keys
+OPTIONAL = {"apg": {"offset", "eta"}}  # both default to 0 in guided_x0
+RULES = {name: keys | OPTIONAL.get(name, set()) for name, keys in REQUIRED.items()}
 
 
 def parse_run(text: str) -> tuple[str, dict[str, float]]:
