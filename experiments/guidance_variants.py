@@ -33,7 +33,7 @@ import guided  # noqa: E402  (puts the repository and tests/ on the path)
 import helper_functions as hf  # noqa: E402
 from notebook_code import notebook_classes  # noqa: E402
 
-SETTINGS, DDPM_CONFIG = guided.SETTINGS, guided.DDPM_CONFIG
+SETTINGS = guided.SETTINGS
 REQUIRED = {"cfg": {"w"}, "interval": {"w", "lo", "hi"}, "clip": {"w"}, "apg": {"w"}, "rescale": {"w", "phi"}}
 OPTIONAL = {"apg": {"offset", "eta"}}  # both default to 0 in guided_x0
 RULES = {name: keys | OPTIONAL.get(name, set()) for name, keys in REQUIRED.items()}
@@ -141,11 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--per-digit must be at least 2 (diversity compares samples of one digit), --batch and --steps at least 1")
     guided_eps = notebook_classes(guided.NOTEBOOK)["guided_eps"]
     device, classes, t_min, seed = hf.choose_device(), SETTINGS["NUM_CLASSES"], SETTINGS["LABEL_T_MIN"], SETTINGS["SEED"]
-    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(DDPM_CONFIG["T"], DDPM_CONFIG["beta_start"], DDPM_CONFIG["beta_end"])).to(device)
-    network = hf.load_weights(hf.Unet(DDPM_CONFIG["dim"], tuple(DDPM_CONFIG["dim_mults"]), num_classes=classes), args.weights,
-                              guided.WEIGHTS_CONFIG).to(device).eval()
-    images, labels = hf.load_mnist_subset()
-    reference = hf.QualityReference(hf.load_classifier(), images, labels, training_images=images)
+    schedule, network, reference = guided.evaluation_setup(args.weights, device)
     asked = torch.arange(classes).repeat_interleave(args.per_digit)
     results = {"machine": guided.machine(), "weights": str(args.weights), "per_digit": args.per_digit, "batch": args.batch,
                "sampler": f"DDIM eta = {SETTINGS['SAMPLING_ETA']:g}, {args.steps} steps", "label_t_min": t_min,

@@ -122,15 +122,21 @@ def train(args) -> None:
         print(f"replaced the shipped {hf.SHIPPED_GUIDED_WEIGHTS_PATH.relative_to(ROOT)}")
 
 
+def evaluation_setup(weights: Path, device: torch.device) -> tuple[hf.NoiseSchedule, hf.Unet, hf.QualityReference]:
+    """What scoring a conditional network needs: DDPM's noise schedule and the network of `weights` on `device` (in
+    eval mode), and the classifier's reference of real digits from the shipped subset."""
+    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(DDPM_CONFIG["T"], DDPM_CONFIG["beta_start"], DDPM_CONFIG["beta_end"])).to(device)
+    network = hf.load_weights(hf.Unet(DDPM_CONFIG["dim"], tuple(DDPM_CONFIG["dim_mults"]), num_classes=SETTINGS["NUM_CLASSES"]),
+                              weights, WEIGHTS_CONFIG).to(device).eval()
+    images, labels = hf.load_mnist_subset()
+    return schedule, network, hf.QualityReference(hf.load_classifier(), images, labels, training_images=images)
+
+
 def evaluate(args) -> None:
     nb = notebook_classes(NOTEBOOK)
     device = hf.choose_device()
     seed, steps, classes = SETTINGS["SEED"], args.steps, SETTINGS["NUM_CLASSES"]
-    schedule = hf.NoiseSchedule(hf.linear_beta_schedule(DDPM_CONFIG["T"], DDPM_CONFIG["beta_start"], DDPM_CONFIG["beta_end"])).to(device)
-    network = hf.load_weights(hf.Unet(DDPM_CONFIG["dim"], tuple(DDPM_CONFIG["dim_mults"]), num_classes=classes), args.weights,
-                              WEIGHTS_CONFIG).to(device).eval()
-    images, labels = hf.load_mnist_subset()
-    reference = hf.QualityReference(hf.load_classifier(), images, labels, training_images=images)
+    schedule, network, reference = evaluation_setup(args.weights, device)
     n = classes * args.per_digit
     results = {"machine": machine(), "weights": str(args.weights), "metadata": {k: v for k, v in hf.weights_metadata(args.weights).items()
                                                                               if k != "losses"},
