@@ -13,7 +13,7 @@ test run.
 It starts from data/ddpm_mnist_ema.pt with zero class vectors and label layers (the notebook's
 `conditional_from_ddpm`), trains at a constant learning rate on batches of 32 with label dropout 0.2 (no EMA, no
 warm-up: the raw weights are probed), and every --probe-every steps draws 20 samples of each digit with DDIM on 10
-steps (eta = 1) at w = 0 and w = 3, the label given on t >= --label-t-min, scored with the project's classifier:
+steps (eta = 1; --probe-steps) at w = 0 and w = 3, the label given on t >= --label-t-min, scored with the project's classifier:
 accuracy at both strengths, the classifier FD at w = 0 (n = 200), and the class vectors' lengths.
 """
 
@@ -34,9 +34,9 @@ import helper_functions as hf  # noqa: E402
 from notebook_code import notebook_classes, notebook_weights_config  # noqa: E402
 
 
-def probe(model, schedule, reference, per_digit: int = 20, t_min: int = 0) -> str:
-    """Accuracy at w = 0 and 3 and the FD at w = 0 of per_digit samples of each digit (10 DDIM steps, the label given
-    on t >= t_min), and the class vectors' lengths."""
+def probe(model, schedule, reference, per_digit: int = 20, t_min: int = 0, steps: int = 10) -> str:
+    """Accuracy at w = 0 and 3 and the FD at w = 0 of per_digit samples of each digit (DDIM on `steps` steps, the
+    label given on t >= t_min), and the class vectors' lengths."""
     model.eval()
     generator, asked, null = torch.Generator().manual_seed(1), torch.arange(10).repeat_interleave(per_digit), 10
     scores = {}
@@ -49,7 +49,7 @@ def probe(model, schedule, reference, per_digit: int = 20, t_min: int = 0) -> st
                 conditional, unconditional = model(torch.cat([x, x]), torch.cat([t, t]),
                                                    torch.cat([c, torch.full_like(c, null)])).chunk(2)
                 return (1 + w) * conditional - w * unconditional
-            samples = hf.ddim_sample(eps, schedule, (len(asked), 1, 28, 28), 10, eta=1.0, generator=generator, progress=False)
+            samples = hf.ddim_sample(eps, schedule, (len(asked), 1, 28, 28), steps, eta=1.0, generator=generator, progress=False)
             scores[w] = hf.conditional_quality(samples.clamp(-1, 1), asked, reference)
     model.train()
     lengths = model.class_embedding.weight.norm(dim=1)
@@ -72,6 +72,7 @@ def main(argv=None) -> torch.nn.Module:
     parser.add_argument("--label-t-min", type=int, default=0, help="when probing, give the label on t >= this only")
     parser.add_argument("--probe-every", type=int, default=100)
     parser.add_argument("--per-digit", type=int, default=20, help="samples of each digit per probe")
+    parser.add_argument("--probe-steps", type=int, default=10, help="DDIM steps of each probe's samples")
     args = parser.parse_args(argv)
     print(vars(args), flush=True)
     torch.manual_seed(0)
@@ -98,7 +99,7 @@ def main(argv=None) -> torch.nn.Module:
         groups.append({"params": label_layers, "lr": args.label_layers_lr})
     optimizer = torch.optim.Adam(groups)
     reference = hf.QualityReference(hf.load_classifier(), images, labels, training_images=images)
-    print("step 0:", probe(model, schedule, reference, args.per_digit, args.label_t_min), flush=True)
+    print("step 0:", probe(model, schedule, reference, args.per_digit, args.label_t_min, args.probe_steps), flush=True)
     start, smoothed = time.perf_counter(), None
     for step in range(1, args.steps + 1):
         index = torch.randint(0, len(x0), (args.batch,))
@@ -114,7 +115,7 @@ def main(argv=None) -> torch.nn.Module:
         smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
         if step % args.probe_every == 0:
             print(f"step {step}: loss {smoothed:.4f}, {(time.perf_counter() - start) / step:.2f} s/step (probes included);",
-                  probe(model, schedule, reference, args.per_digit, args.label_t_min), flush=True)
+                  probe(model, schedule, reference, args.per_digit, args.label_t_min, args.probe_steps), flush=True)
     return model
 
 

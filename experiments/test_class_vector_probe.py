@@ -9,7 +9,7 @@ import helper_functions as hf
 
 def test_frozen_probe_moves_only_the_label_path(capsys):
     model = class_vector_probe.main(["--steps", "2", "--freeze", "--class-lr", "1e-2", "--label-layers-lr", "1e-3",
-                                     "--t-min", "500", "--label-t-min", "500", "--probe-every", "2", "--per-digit", "2"])
+                                     "--t-min", "500", "--label-t-min", "500", "--probe-every", "2", "--per-digit", "2", "--probe-steps", "2", "--batch", "8"])
     ddpm = torch.load(hf.SHIPPED_WEIGHTS_PATH, map_location="cpu", weights_only=True)["state_dict"]
     state = model.state_dict()
     assert all(torch.equal(state[name], value.float()) for name, value in ddpm.items())  # nothing of DDPM's moved

@@ -331,6 +331,6 @@ def test_sample_digits_gives_one_image_per_label_in_range(nb, schedule):
 
 
 def test_the_notebook_settings_read_the_full_mode_value_of_a_smoke_switch():
-    # `SAMPLING_STEPS = 10 if SMOKE_TEST else 50`: scripts must get what a full run uses; other expressions are left out
+    # `SAMPLING_STEPS = 5 if SMOKE_TEST else 50`: scripts must get what a full run uses; other expressions are left out
     assert SETTINGS["SAMPLING_STEPS"] == 50 and SETTINGS["TRAIN_IMAGES"] == 5000
     assert "FULL_TRAIN_SECONDS" not in SETTINGS and "FULL_TRAINING" not in SETTINGS
