@@ -5,7 +5,6 @@ shipped MNIST subset instead of a download, and a non-interactive matplotlib bac
 """
 
 import os
-import sys
 
 os.environ["SMOKE_TEST"] = "1"
 os.environ["PLAYGROUND_OFFLINE_DATA"] = "1"
@@ -16,5 +15,3 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # other (on a 2-core AMD EPYC: over 18 minutes, against under 4 on one thread each).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"  # read by torch when a test first imports it, and by every kernel started
-    if "torch" in sys.modules:  # imported earlier, by a plugin say: set it there too
-        sys.modules["torch"].set_num_threads(1)

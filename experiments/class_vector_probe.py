@@ -13,8 +13,8 @@ test run.
 It starts from data/ddpm_mnist_ema.pt with zero class vectors and label layers (the notebook's
 `conditional_from_ddpm`), trains at a constant learning rate on batches of 32 with label dropout 0.2 (no EMA, no
 warm-up: the raw weights are probed), and every --probe-every steps draws 20 samples of each digit with DDIM on 10
-steps (eta = 1; --probe-steps) at w = 0 and w = 3, the label given on t >= --label-t-min, scored with the project's classifier:
-accuracy at both strengths, the classifier FD at w = 0 (n = 200), and the class vectors' lengths.
+steps (--probe-steps; eta = 1) at w = 0 and w = 3, the label given on t >= --label-t-min, scored with the project's
+classifier: accuracy at both strengths, the classifier FD at w = 0 (n = 200), and the class vectors' lengths.
 """
 
 from __future__ import annotations
