@@ -54,7 +54,7 @@ def real_rows(reference: hf.QualityReference, per_digit: int, seed: int, draws: 
             members = (reference.holdout_labels == c).nonzero().flatten()
             picked.append(members[torch.randperm(len(members), generator=generator)[:per_digit]])
         per_draw.append(describe(reference.holdout_images[torch.cat(picked)].float(), reference))
-    return {key: sum(d[key] for d in per_draw) / draws for key in per_draw[0]} | {"draws": draws}
+    return hf.mean_over_draws(per_draw)
 
 
 def markdown_table(results: dict) -> str:
