@@ -8,6 +8,8 @@
                                                    # from every timestep instead of the notebook's T_MIN on
     python experiments/guided.py train --seconds 3000 --from-weights data/guided_mnist_ema.pt --every-weight-lr 2e-4 \
         --class-lr 5e-3 --label-layer-lr 5e-4 --warmup-steps 100 --t-min 0 --output-dir guided_whole  # then every weight
+    python experiments/guided.py train --relative-loss --t-min 200 --seconds 3600 --output-dir guided_relative  # every
+                                                   # t weighed alike: each image's loss over DDPM's own loss at its t
     python experiments/guided.py train --from-random-weights --seconds 180 --output-dir guided_random  # on a GPU: the
                                                    # notebook's route from random weights, every weight, every t
     python experiments/guided.py evaluate --weights data/guided_mnist_ema.pt --w 0 0.5 1 3 --output-dir guided_results
@@ -21,7 +23,9 @@ with GPU_DROPOUT on a GPU (experiments/guided_on_gpu.sh runs it and scores it in
 per strength with the notebook's `sample_digits` (DDIM on SAMPLING_STEPS steps with SAMPLING_ETA, the label on
 t >= LABEL_T_MIN, the same noise for every strength), scores them with the project's classifier against real
 held-out digits at the same n, then scores the label-free half of the network beside DDPM.ipynb's network with the
-same sampler and noise. Results are written to --output-dir/guided_results.json after every measurement, so a run
+same sampler and noise. `--relative-loss` divides each image's squared error by the label-free network's (DDPM's)
+mean squared error at its t, measured before training on a grid of timesteps, so that the noisiest steps, where
+DDPM's error is thousands of times smaller, weigh as much as the rest. Results are written to --output-dir/guided_results.json after every measurement, so a run
 cut short keeps what it had.
 """
 
@@ -36,6 +40,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # notebook_code
@@ -62,6 +67,40 @@ def machine() -> str:
 def write(results: dict, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "guided_results.json").write_text(json.dumps(results, indent=1))
+
+
+def label_free_loss_by_t(model, x0: torch.Tensor, schedule: hf.NoiseSchedule, every: int = 25, seed: int = 0) -> torch.Tensor:
+    """L_simple of model with no label, for every t in 0 ... T-1: measured on the images x0 with fixed noise at t = 0,
+    every, 2 every, ... and T-1, and interpolated between those on a log scale (it falls about 10,000-fold over t)."""
+    grid = sorted({*range(0, schedule.T, every), schedule.T - 1})
+    generator = torch.Generator(x0.device).manual_seed(seed)
+    losses = []
+    with torch.no_grad():
+        for t in grid:
+            eps = torch.randn(x0.shape, device=x0.device, generator=generator)
+            t_batch = torch.full((len(x0),), t, device=x0.device)
+            x_t = hf.q_sample(x0, t_batch, schedule, eps=eps)
+            no_label = torch.full((len(x0),), model.null_label, device=x0.device)
+            losses.append(F.mse_loss(model(x_t, t_batch, no_label).float(), eps).item())
+    log_loss = torch.tensor(losses, dtype=torch.float64).log()
+    position = torch.arange(schedule.T, dtype=torch.float64)
+    grid_t = torch.tensor(grid, dtype=torch.float64)
+    right = torch.searchsorted(grid_t, position).clamp(1, len(grid) - 1)
+    share = (position - grid_t[right - 1]) / (grid_t[right] - grid_t[right - 1])
+    return (log_loss[right - 1] + share * (log_loss[right] - log_loss[right - 1])).exp().float()
+
+
+def relative_guided_loss(model, x0, labels, schedule, p_uncond, t_min, loss_by_t, drop_labels):
+    """The notebook's guided_loss with each image's squared error divided by loss_by_t at its t: about 1 where the label
+    adds nothing, below 1 where it helps, at every t alike."""
+    if not 0 <= t_min < schedule.T:
+        raise ValueError(f"t_min must lie in 0 ... {schedule.T - 1}, got {t_min}")
+    c = drop_labels(labels, p_uncond, model.null_label)
+    t = torch.randint(t_min, schedule.T, (len(x0),), device=x0.device)
+    eps = torch.randn_like(x0)
+    x_t = hf.q_sample(x0, t, schedule, eps=eps)
+    per_image = (model(x_t, t, c).float() - eps).pow(2).flatten(1).mean(1)
+    return (per_image / loss_by_t.to(x0.device)[t]).mean()
 
 
 def train(args) -> None:
@@ -98,8 +137,16 @@ def train(args) -> None:
     optimizer = torch.optim.Adam(trained, lr=peak_lr, fused=on_gpu)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(DDPM_CONFIG["T"], DDPM_CONFIG["beta_start"], DDPM_CONFIG["beta_end"])).to(device)
     p_uncond, t_min = SETTINGS["P_UNCOND"], args.t_min
+    if args.relative_loss:  # DDPM's own error at each t, before any label part has learned
+        measure_on = x0[torch.randperm(len(x0), generator=torch.Generator().manual_seed(SETTINGS["SEED"]))[:128]].to(device)
+        loss_by_t = label_free_loss_by_t(model.eval(), measure_on, schedule, every=50, seed=SETTINGS["SEED"])
+        model.train()
+        print("DDPM's L_simple at t = 0, 250, 500, 750, 999: " + ", ".join(f"{loss_by_t[t]:.2g}" for t in (0, 250, 500, 750, 999)))
+        loss_fn = lambda x, y: relative_guided_loss(model, x, y, schedule, p_uncond, t_min, loss_by_t, nb["drop_labels"])  # noqa: E731
+    else:
+        loss_fn = lambda x, y: nb["guided_loss"](model, x, y, schedule, p_uncond, t_min)  # noqa: E731
     start = time.perf_counter()
-    losses = hf.train_ddpm(model, [ema], optimizer, lambda x, y: nb["guided_loss"](model, x, y, schedule, p_uncond, t_min),
+    losses = hf.train_ddpm(model, [ema], optimizer, loss_fn,
                            (x0.to(device), c.to(device)), batch_size, max_steps=args.steps or 10**9, peak_lr=peak_lr,
                            warmup_steps=args.warmup_steps, grad_clip=SETTINGS["GRAD_CLIP"],
                            max_seconds=None if args.steps else args.seconds,
@@ -110,7 +157,7 @@ def train(args) -> None:
                 "only_conditioning": only_conditioning, "from_weights": str(args.from_weights) if args.from_weights else None,
                 "every_weight_peak_lr": args.every_weight_lr, "class_peak_lr": class_lr if only_conditioning or every_weight else None,
                 "label_layer_peak_lr": label_layer_lr if only_conditioning or every_weight else None, "t_min": t_min,
-                "peak_lr": peak_lr, "warmup_steps": args.warmup_steps,
+                "peak_lr": peak_lr, "warmup_steps": args.warmup_steps, "relative_loss": args.relative_loss,
                 "losses": losses[:: max(1, len(losses) // 2000)], "trained_by": "experiments/guided.py train",
                 "date": time.strftime("%Y-%m-%d")}
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -210,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     train_parser.add_argument("--class-lr", type=float, default=None, help="the class vectors' peak (default: the notebook's)")
     train_parser.add_argument("--label-layer-lr", type=float, default=None, help="the label layers' peak (default: the notebook's)")
     train_parser.add_argument("--warmup-steps", type=int, default=SETTINGS["WARMUP_STEPS"], help="linear warm-up (default: the notebook's)")
+    train_parser.add_argument("--relative-loss", action="store_true",
+                              help="divide each image's loss by DDPM's own loss at its t, so every t weighs alike (not the "
+                                   "notebook's loss, so it cannot be shipped)")
     train_parser.add_argument("--ship", action="store_true", help="also replace the shipped data/guided_mnist_ema.pt")
     evaluate_parser = commands.add_parser("evaluate", help="score guidance strengths on 100 samples per digit")
     evaluate_parser.add_argument("--weights", type=Path, default=hf.SHIPPED_GUIDED_WEIGHTS_PATH)
@@ -243,6 +293,11 @@ def main(argv: list[str] | None = None) -> None:
         if not separate_peaks and (args.class_lr is not None or args.label_layer_lr is not None):
             parser.error("--class-lr and --label-layer-lr set the label parts' own peaks, which only the label-parts "
                          "training or --every-weight-lr has; the notebook trains every weight at LEARNING_RATE")
+        if args.ship and args.relative_loss:
+            parser.error("--ship replaces the notebook's weights, which come from the notebook's own guided_loss; "
+                         "--relative-loss is not that loss")
+        if args.relative_loss and args.from_random_weights:
+            parser.error("--relative-loss divides by the label-free network's own loss, which random weights do not have yet")
         if args.warmup_steps < 0:
             parser.error(f"--warmup-steps must be 0 or more, got {args.warmup_steps}")
         if args.from_weights is not None and not args.from_weights.is_file():

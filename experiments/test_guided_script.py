@@ -103,6 +103,9 @@ def test_the_gpu_script_trains_from_random_weights_and_scores_every_strength(tmp
                                                  "--from-random-weights trains every weight from scratch"),
                                                 (["train", "--from-random-weights", "--from-weights", "data/guided_mnist_ema.pt"],
                                                  "it takes no --from-weights"),
+                                                (["train", "--relative-loss", "--ship"], "--relative-loss is not that loss"),
+                                                (["train", "--relative-loss", "--from-random-weights"],
+                                                 "which random weights do not have yet"),
                                                 (["evaluate", "--label-t-min", "1000"], "--label-t-min must be in 0 ... 999"),
                                                 (["evaluate", "--label-t-min", "-1"], "--label-t-min must be in 0 ... 999")])
 def test_bad_arguments_are_refused_before_any_work(tmp_path, capsys, arguments, message):
