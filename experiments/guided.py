@@ -39,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -82,12 +83,7 @@ def label_free_loss_by_t(model, x0: torch.Tensor, schedule: hf.NoiseSchedule, ev
             x_t = hf.q_sample(x0, t_batch, schedule, eps=eps)
             no_label = torch.full((len(x0),), model.null_label, device=x0.device)
             losses.append(F.mse_loss(model(x_t, t_batch, no_label).float(), eps).item())
-    log_loss = torch.tensor(losses, dtype=torch.float64).log()
-    position = torch.arange(schedule.T, dtype=torch.float64)
-    grid_t = torch.tensor(grid, dtype=torch.float64)
-    right = torch.searchsorted(grid_t, position).clamp(1, len(grid) - 1)
-    share = (position - grid_t[right - 1]) / (grid_t[right] - grid_t[right - 1])
-    return (log_loss[right - 1] + share * (log_loss[right] - log_loss[right - 1])).exp().float()
+    return torch.from_numpy(np.exp(np.interp(np.arange(schedule.T), grid, np.log(losses)))).float()
 
 
 def relative_guided_loss(model, x0, labels, schedule, p_uncond, t_min, loss_by_t, drop_labels):
