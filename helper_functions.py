@@ -1096,18 +1096,26 @@ def conditional_quality(samples: torch.Tensor, labels: torch.Tensor, reference: 
                      "within_class_distance": within_class_distance(images, labels.cpu())}
 
 
-def conditional_reference_scores(reference: QualityReference, per_class: int, seed: int = 0, draws: int = 10) -> dict[str, float]:
+def conditional_reference_scores(reference: QualityReference, per_class: int, seed: int = 0, draws: int = 10,
+                                 pool: torch.Tensor | None = None) -> dict[str, float]:
     """conditional_quality of real held-out digits, per_class of each digit, averaged over `draws` random draws, with
-    "classifier_fd_sd" (the FD's spread between draws) beside it: the floor for class-conditional samples."""
+    "classifier_fd_sd" (the FD's spread between draws) beside it: the floor for class-conditional samples.
+
+    pool: a boolean mask over the held-out digits to draw from only those (every held-out digit by default)."""
+    if pool is not None and (pool.dtype != torch.bool or pool.shape != reference.holdout_labels.shape):
+        raise ValueError(f"pool must be a boolean mask of shape {tuple(reference.holdout_labels.shape)} over the held-out "
+                         f"digits, got {pool.dtype} of shape {tuple(pool.shape)}")
     generator = torch.Generator().manual_seed(seed)
     classes = reference.holdout_labels.unique()
     per_draw = []
     for _ in range(draws):
         picked = []
         for c in classes:
-            members = (reference.holdout_labels == c).nonzero().flatten()
+            in_pool = reference.holdout_labels == c if pool is None else (reference.holdout_labels == c) & pool
+            members = in_pool.nonzero().flatten()
             if per_class > len(members):
-                raise ValueError(f"only {len(members)} held-out real digits of class {c.item()}; ask for per_class <= that")
+                raise ValueError(f"only {len(members)} held-out real digits of class {c.item()}"
+                                 f"{'' if pool is None else ' in the pool'}; ask for per_class <= that")
             picked.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
         picked = torch.cat(picked)
         per_draw.append(conditional_quality(reference.holdout_images[picked], reference.holdout_labels[picked], reference,

@@ -278,6 +278,18 @@ def test_conditional_quality_counts_the_digits_the_classifier_reads(reference):
         hf.conditional_reference_scores(reference, 10_000)
 
 
+def test_conditional_reference_scores_draw_only_from_the_pool(reference):
+    with torch.inference_mode():
+        read = reference.classifier.head(reference.features(reference.holdout_images)).argmax(1)
+    correctly_read = read == reference.holdout_labels
+    assert not correctly_read.all()  # some real digits are misread, or this test could not fail
+    assert hf.conditional_reference_scores(reference, 20, seed=0, draws=2, pool=correctly_read)["accuracy"] == 1.0
+    with pytest.raises(ValueError, match=r"only 0 held-out real digits of class 3 in the pool"):
+        hf.conditional_reference_scores(reference, 1, pool=reference.holdout_labels != 3)
+    with pytest.raises(ValueError, match=r"pool must be a boolean mask of shape \(2500,\)"):
+        hf.conditional_reference_scores(reference, 20, pool=correctly_read[:10])
+
+
 def test_shipped_guided_weights_are_small_load_and_follow_the_label():
     assert WEIGHTS.stat().st_size < 10 * 2**20
     model = hf.load_weights(hf.Unet(dim=32, dim_mults=(1, 2, 4), num_classes=10), WEIGHTS, CONFIG).eval()
