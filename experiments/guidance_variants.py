@@ -3,6 +3,7 @@ like experiments/guided.py: does any of them buy the accuracy for less FD? Not p
 
     python experiments/guidance_variants.py --per-digit 20 --run cfg:w=0.5 interval:w=1,lo=200,hi=600 \
         clip:w=0.5 apg:w=1,offset=1 rescale:w=1,phi=0.7 --output-dir runs/guidance_variants
+    python experiments/guidance_variants.py --per-digit 20 --run auto:w=1 --guiding-weights runs/guided_bad/guided_mnist_ema.pt
 
 Each run is NAME:KEY=VALUE,...; every rule gives the label on t >= LABEL_T_MIN only, as the notebook does:
 - cfg: the notebook's `guided_eps`, eps_c + w (eps_c - eps_null) (Ho & Salimans, eq. 6);
@@ -12,7 +13,10 @@ Each run is NAME:KEY=VALUE,...; every rule gives the label on t >= LABEL_T_MIN o
 - apg: projected guidance (Sadat et al. 2024, arXiv 2410.02416): in x0 space, the guidance step
   x0_c - x0_null loses the part parallel to x0_c + offset, of which eta (default 0) is kept;
 - rescale: eq. 6 in x0 space, its standard deviation per image rescaled to x0_c's, mixed by phi (Lin et al. 2024,
-  arXiv 2305.08891, sec. 3.4).
+  arXiv 2305.08891, sec. 3.4);
+- auto: autoguidance (Karras et al. 2024, arXiv 2406.02507, eq. 1 with their w = 1 + ours): eps_c + w (eps_c -
+  eps_c of a weaker network, --guiding-weights), both given the label, so the push comes from where the weaker
+  network errs, not from leaving the label out.
 All runs use one batch size and generator seed, so every rule starts from the same noise; a run's samples are DDIM
 on SAMPLING_STEPS steps with SAMPLING_ETA, the notebook's sampler. Results go to --output-dir/guidance_variants.json
 after every run.
@@ -34,7 +38,7 @@ import helper_functions as hf  # noqa: E402
 from notebook_code import notebook_classes  # noqa: E402
 
 SETTINGS = guided.SETTINGS
-REQUIRED = {"cfg": {"w"}, "interval": {"w", "lo", "hi"}, "clip": {"w"}, "apg": {"w"}, "rescale": {"w", "phi"}}
+REQUIRED = {"cfg": {"w"}, "interval": {"w", "lo", "hi"}, "clip": {"w"}, "apg": {"w"}, "rescale": {"w", "phi"}, "auto": {"w"}}
 OPTIONAL = {"apg": {"offset", "eta"}}  # both default to 0 in guided_x0
 RULES = {name: keys | OPTIONAL.get(name, set()) for name, keys in REQUIRED.items()}
 
@@ -79,11 +83,25 @@ def guided_x0(rule: str, options: dict[str, float], x0_c: torch.Tensor, x0_null:
     raise ValueError(f"{rule!r} is not an x0-space rule")
 
 
-def eps_model(rule, options, network, labels, schedule, null_label, t_min, guided_eps):
-    """model(x_t, t) for the samplers under one rule, for the images' labels; guided_eps is the notebook's."""
+def eps_model(rule, options, network, labels, schedule, null_label, t_min, guided_eps, guiding_network=None):
+    """model(x_t, t) for the samplers under one rule, for the images' labels; guided_eps is the notebook's, and
+    guiding_network the weaker network that autoguidance ("auto") steers away from."""
     w = options["w"]
     if rule == "cfg":
         return guided_eps(network, labels, w, null_label, t_min)
+    if rule == "auto":
+        if guiding_network is None:
+            raise ValueError("autoguidance needs the weaker guiding network: give --guiding-weights")
+
+        def autoguided(x_t, t):
+            given = torch.where(t >= t_min, labels, null_label)  # no label below t_min, for both networks
+            eps_c = network(x_t, t, given)
+            if w == 0:
+                return eps_c
+            # eps_c + w (eps_c - eps_c of the weaker network): Karras et al.'s D_1 + (w_K - 1)(D_1 - D_0)
+            return eps_c + w * (eps_c - guiding_network(x_t, t, given))
+
+        return autoguided
     if rule == "interval":
         inside_model = guided_eps(network, labels, w, null_label, t_min)
         outside_model = guided_eps(network, labels, 0.0, null_label, t_min)
@@ -114,11 +132,12 @@ def eps_model(rule, options, network, labels, schedule, null_label, t_min, guide
     return in_x0_space
 
 
-def sample(rule, options, network, asked, schedule, steps, eta, batch_size, generator, device, null_label, t_min, guided_eps):
+def sample(rule, options, network, asked, schedule, steps, eta, batch_size, generator, device, null_label, t_min, guided_eps,
+           guiding_network=None):
     """Samples in [-1, 1] on the CPU of the digits `asked` under one rule, in batches, all from one generator."""
     batches = []
     for labels in asked.split(batch_size):
-        model = eps_model(rule, options, network, labels.to(device), schedule, null_label, t_min, guided_eps)
+        model = eps_model(rule, options, network, labels.to(device), schedule, null_label, t_min, guided_eps, guiding_network)
         batches.append(hf.ddim_sample(model, schedule, (len(labels), 1, 28, 28), steps, eta=eta, device=device,
                                       generator=generator, progress=False).clamp(-1, 1).cpu())
     return torch.cat(batches)
@@ -131,19 +150,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-digit", type=int, default=20)
     parser.add_argument("--batch", type=int, default=250, help="images per sampling call")
     parser.add_argument("--steps", type=int, default=SETTINGS["SAMPLING_STEPS"])
+    parser.add_argument("--guiding-weights", type=Path, default=None,
+                        help="the weaker class-conditional network that the auto rule guides with")
     parser.add_argument("--output-dir", type=Path, default=guided.ROOT / "runs" / "guidance_variants")
     args = parser.parse_args(argv)
     try:
         runs = [parse_run(text) for text in args.run]
     except ValueError as error:
         parser.error(str(error))
+    if any(rule == "auto" for rule, _ in runs) and args.guiding_weights is None:
+        parser.error("the auto rule guides with a weaker network: give its weights with --guiding-weights")
     if args.per_digit < 2 or args.batch < 1 or args.steps < 1:
         parser.error("--per-digit must be at least 2 (diversity compares samples of one digit), --batch and --steps at least 1")
     guided_eps = notebook_classes(guided.NOTEBOOK)["guided_eps"]
     device, classes, t_min, seed = hf.choose_device(), SETTINGS["NUM_CLASSES"], SETTINGS["LABEL_T_MIN"], SETTINGS["SEED"]
     schedule, network, reference = guided.evaluation_setup(args.weights, device)
+    guiding_network = None if args.guiding_weights is None else guided.evaluation_setup(args.guiding_weights, device, reference=False)[1]
     asked = torch.arange(classes).repeat_interleave(args.per_digit)
     results = {"machine": guided.machine(), "weights": str(args.weights), "per_digit": args.per_digit, "batch": args.batch,
+               "guiding_weights": None if args.guiding_weights is None else str(args.guiding_weights),
                "sampler": f"DDIM eta = {SETTINGS['SAMPLING_ETA']:g}, {args.steps} steps", "label_t_min": t_min,
                "date": time.strftime("%Y-%m-%d"), "real": hf.conditional_reference_scores(reference, args.per_digit, seed=seed),
                "runs": {}}
@@ -151,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     for text, (rule, options) in zip(args.run, runs):
         start = time.perf_counter()
         samples = sample(rule, options, network, asked, schedule, args.steps, SETTINGS["SAMPLING_ETA"], args.batch,
-                         torch.Generator(device).manual_seed(seed), device, classes, t_min, guided_eps)
+                         torch.Generator(device).manual_seed(seed), device, classes, t_min, guided_eps, guiding_network)
         scores = results["runs"][text] = hf.conditional_quality(samples, asked, reference) | {"seconds": time.perf_counter() - start}
         print(hf.format_guided_quality(text, scores, results["real"]) + f"   {scores['seconds']:.0f} s", flush=True)
         args.output_dir.mkdir(parents=True, exist_ok=True)

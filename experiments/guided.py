@@ -165,12 +165,16 @@ def train(args) -> None:
         print(f"replaced the shipped {hf.SHIPPED_GUIDED_WEIGHTS_PATH.relative_to(ROOT)}")
 
 
-def evaluation_setup(weights: Path, device: torch.device) -> tuple[hf.NoiseSchedule, hf.Unet, hf.QualityReference]:
+def evaluation_setup(weights: Path, device: torch.device,
+                     reference: bool = True) -> tuple[hf.NoiseSchedule, hf.Unet, hf.QualityReference | None]:
     """What scoring a conditional network needs: DDPM's noise schedule and the network of `weights` on `device` (in
-    eval mode), and the classifier's reference of real digits from the shipped subset."""
+    eval mode), and the classifier's reference of real digits from the shipped subset (None with reference=False,
+    for a caller that scores nothing)."""
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(DDPM_CONFIG["T"], DDPM_CONFIG["beta_start"], DDPM_CONFIG["beta_end"])).to(device)
     network = hf.load_weights(hf.Unet(DDPM_CONFIG["dim"], tuple(DDPM_CONFIG["dim_mults"]), num_classes=SETTINGS["NUM_CLASSES"]),
                               weights, WEIGHTS_CONFIG).to(device).eval()
+    if not reference:
+        return schedule, network, None
     images, labels = hf.load_mnist_subset()
     return schedule, network, hf.QualityReference(hf.load_classifier(), images, labels, training_images=images)
 

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.weights.is_file():
         parser.error(f"--weights: no file {args.weights}")
     device = hf.choose_device()
-    schedule, network, _ = guided.evaluation_setup(args.weights, device)
+    schedule, network, _ = guided.evaluation_setup(args.weights, device, reference=False)
     images, labels = hf.load_mnist_subset()
     chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(SETTINGS["SEED"]))[: args.images]
     start = time.perf_counter()

@@ -22,25 +22,34 @@ def known_network(x, t, labels):
     return torch.where(c == NULL, -0.2 * x, 0.1 * (c + 1) * x + 0.05 * c)
 
 
+def weaker_network(x, t, labels):
+    """A stand-in for a less trained network: the label's part of known_network's eps halved, "no label" the same."""
+    c = labels.float().view(-1, 1, 1, 1)
+    return torch.where(c == NULL, -0.2 * x, -0.2 * x + 0.5 * (0.1 * (c + 1) * x + 0.05 * c + 0.2 * x))
+
+
 def predict(rule, options, t):
     """The rule's eps for 4 fixed images with labels 1, 3, 5, 7 at timestep t, and the x0 it implies."""
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     t_batch = torch.full((4,), t)
-    eps = gv.eps_model(rule, options, known_network, torch.tensor([1, 3, 5, 7]), SCHEDULE, NULL, T_MIN, GUIDED_EPS)(x, t_batch)
+    eps = gv.eps_model(rule, options, known_network, torch.tensor([1, 3, 5, 7]), SCHEDULE, NULL, T_MIN, GUIDED_EPS,
+                       guiding_network=weaker_network)(x, t_batch)
     abar = SCHEDULE.alphas_cumprod[t]
     return eps, (x - (1 - abar).sqrt() * eps) / abar.sqrt()
 
 
 @pytest.mark.parametrize("text, expected", [("cfg:w=0.5", ("cfg", {"w": 0.5})),
                                             ("interval:w=1,lo=200,hi=600", ("interval", {"w": 1.0, "lo": 200.0, "hi": 600.0})),
-                                            ("apg:w=2,offset=1", ("apg", {"w": 2.0, "offset": 1.0}))])
+                                            ("apg:w=2,offset=1", ("apg", {"w": 2.0, "offset": 1.0})),
+                                            ("auto:w=1", ("auto", {"w": 1.0}))])
 def test_runs_are_read_as_a_rule_and_its_options(text, expected):
     assert gv.parse_run(text) == expected
 
 
 @pytest.mark.parametrize("text, message", [("guide:w=1", "unknown guidance rule 'guide'"), ("apg:w=1,phi=1", "apg takes"),
                                            ("cfg:w", "cfg takes"), ("interval:w=1,lo=200", "interval needs ['hi']"),
-                                           ("rescale:w=1", "rescale needs ['phi']"), ("clip:w=-1", "w must be at least 0")])
+                                           ("rescale:w=1", "rescale needs ['phi']"), ("clip:w=-1", "w must be at least 0"),
+                                           ("auto:w=1,lo=200", "auto takes ['w']")])
 def test_bad_runs_get_a_clear_error(text, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         gv.parse_run(text)
@@ -72,8 +81,21 @@ def test_projected_guidance_steps_orthogonally_and_rescaling_keeps_the_condition
     assert torch.allclose(rescaled.flatten(1).std(1), x0_c.flatten(1).std(1), atol=1e-5)
 
 
+def test_autoguidance_steers_away_from_the_weaker_network_and_needs_one():
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    labels, t = torch.tensor([1, 3, 5, 7]), torch.full((4,), 500)
+    eps_c, eps_weak = known_network(x, t, labels), weaker_network(x, t, labels)
+    assert torch.allclose(predict("auto", {"w": 2.0}, 500)[0], eps_c + 2.0 * (eps_c - eps_weak))
+    assert torch.equal(predict("auto", {"w": 0.0}, 500)[0], predict("cfg", {"w": 0.0}, 500)[0])
+    # the weaker network keeps half of the label's part, so autoguidance with w is plain guidance with w / 2 here
+    assert torch.allclose(predict("auto", {"w": 2.0}, 500)[0], predict("cfg", {"w": 1.0}, 500)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="needs the weaker guiding network"):
+        gv.eps_model("auto", {"w": 1.0}, known_network, labels, SCHEDULE, NULL, T_MIN, GUIDED_EPS)
+
+
 @pytest.mark.parametrize("rule, options", [("cfg", {"w": 3.0}), ("interval", {"w": 3.0, "lo": 0, "hi": 999}),
-                                           ("clip", {"w": 3.0}), ("apg", {"w": 3.0}), ("rescale", {"w": 3.0, "phi": 0.7})])
+                                           ("clip", {"w": 3.0}), ("apg", {"w": 3.0}), ("rescale", {"w": 3.0, "phi": 0.7}),
+                                           ("auto", {"w": 3.0})])
 def test_below_the_label_threshold_every_rule_is_the_unconditional_model(rule, options):
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(predict(rule, options, T_MIN - 1)[0], -0.2 * x)
@@ -87,6 +109,16 @@ def test_the_script_scores_every_run_at_a_tiny_size_and_leaves_the_shipped_weigh
     assert list(results["runs"]) == ["cfg:w=0.5", "apg:w=1,offset=1"] and results["real"]["n"] == 20
     assert all(scores["n"] == 20 and 0 <= scores["accuracy"] <= 1 for scores in results["runs"].values())
     assert hf.SHIPPED_GUIDED_WEIGHTS_PATH.read_bytes() == shipped
+
+
+def test_the_script_scores_autoguidance_with_the_weights_it_is_given_and_refuses_it_without(tmp_path, capsys):
+    gv.main(["--per-digit", "2", "--steps", "2", "--batch", "20", "--run", "auto:w=1",
+             "--guiding-weights", str(hf.SHIPPED_GUIDED_WEIGHTS_PATH), "--output-dir", str(tmp_path / "run")])
+    results = json.loads((tmp_path / "run" / "guidance_variants.json").read_text())
+    assert results["guiding_weights"] == str(hf.SHIPPED_GUIDED_WEIGHTS_PATH) and results["runs"]["auto:w=1"]["n"] == 20
+    with pytest.raises(SystemExit):
+        gv.main(["--per-digit", "2", "--run", "auto:w=1", "--output-dir", str(tmp_path / "refused")])
+    assert "give its weights with --guiding-weights" in capsys.readouterr().err and not (tmp_path / "refused").exists()
 
 
 def test_a_single_sample_per_digit_is_refused_before_any_work(tmp_path, capsys):
