@@ -70,19 +70,24 @@ def write(results: dict, output_dir: Path) -> None:
     (output_dir / "guided_results.json").write_text(json.dumps(results, indent=1))
 
 
+@torch.no_grad()
+def loss_at_t(model, x0: torch.Tensor, label_sets: list[torch.Tensor], t: int, schedule: hf.NoiseSchedule,
+              generator: torch.Generator) -> list[float]:
+    """L_simple of model on the images x0 noised to timestep t with one draw of noise from generator, once for each
+    tensor of labels in label_sets, all on that same noise."""
+    eps = torch.randn(x0.shape, device=x0.device, generator=generator)
+    t_batch = torch.full((len(x0),), t, device=x0.device)
+    x_t = hf.q_sample(x0, t_batch, schedule, eps=eps)
+    return [F.mse_loss(model(x_t, t_batch, labels).float(), eps).item() for labels in label_sets]
+
+
 def label_free_loss_by_t(model, x0: torch.Tensor, schedule: hf.NoiseSchedule, every: int = 25, seed: int = 0) -> torch.Tensor:
     """L_simple of model with no label, for every t in 0 ... T-1: measured on the images x0 with fixed noise at t = 0,
     every, 2 every, ... and T-1, and interpolated between those on a log scale (it falls about 10,000-fold over t)."""
     grid = sorted({*range(0, schedule.T, every), schedule.T - 1})
     generator = torch.Generator(x0.device).manual_seed(seed)
-    losses = []
-    with torch.no_grad():
-        for t in grid:
-            eps = torch.randn(x0.shape, device=x0.device, generator=generator)
-            t_batch = torch.full((len(x0),), t, device=x0.device)
-            x_t = hf.q_sample(x0, t_batch, schedule, eps=eps)
-            no_label = torch.full((len(x0),), model.null_label, device=x0.device)
-            losses.append(F.mse_loss(model(x_t, t_batch, no_label).float(), eps).item())
+    no_label = torch.full((len(x0),), model.null_label, device=x0.device)
+    losses = [loss_at_t(model, x0, [no_label], t, schedule, generator)[0] for t in grid]
     return torch.from_numpy(np.exp(np.interp(np.arange(schedule.T), grid, np.log(losses)))).float()
 
 

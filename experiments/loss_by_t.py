@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import guided  # noqa: E402
@@ -38,11 +37,7 @@ def loss_with_and_without_label(model, x0: torch.Tensor, labels: torch.Tensor, s
     for t in timesteps:
         if not 0 <= t < schedule.T:
             raise ValueError(f"t must lie in 0 ... {schedule.T - 1}, got {t}")
-        eps = torch.randn(x0.shape, device=x0.device, generator=generator)
-        t_batch = torch.full((len(x0),), t, device=x0.device)
-        x_t = hf.q_sample(x0, t_batch, schedule, eps=eps)
-        with_label = F.mse_loss(model(x_t, t_batch, labels).float(), eps).item()
-        without_label = F.mse_loss(model(x_t, t_batch, no_label).float(), eps).item()
+        with_label, without_label = guided.loss_at_t(model, x0, [labels, no_label], t, schedule, generator)
         results[t] = {"with_label": with_label, "without_label": without_label, "ratio": with_label / without_label}
     return results
 
