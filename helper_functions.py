@@ -971,6 +971,11 @@ class QualityReference:
         """Classifier features of images in [0, 1]."""
         return torch.cat([self.classifier.features(chunk) for chunk in images.float().split(1000)])
 
+    @torch.inference_mode()
+    def class_probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """The classifier's probability of each digit, (N, 10), from the features of N images."""
+        return self.classifier.head(features).softmax(1)
+
 
 @torch.inference_mode()
 def sample_quality(samples: torch.Tensor, reference: QualityReference, value_range: tuple[float, float] = (-1.0, 1.0),
@@ -993,7 +998,7 @@ def _quality_and_classes(samples: torch.Tensor, reference: QualityReference, val
         raise ValueError(f"need at least 2 samples to estimate a covariance, got {len(samples)}")
     images = to_unit_range(samples, value_range)
     features = reference.features(images)
-    probabilities = reference.classifier.head(features).softmax(1)
+    probabilities = reference.class_probabilities(features)
     classes = probabilities.argmax(1)
     histogram = torch.bincount(classes, minlength=10).double() / len(images)
     entropy = -(histogram[histogram > 0] * histogram[histogram > 0].log()).sum()

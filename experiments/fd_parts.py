@@ -38,7 +38,7 @@ def fd_parts(features: torch.Tensor, reference_features: torch.Tensor) -> dict[s
 def describe(images: torch.Tensor, reference: hf.QualityReference) -> dict[str, float]:
     """fd_parts, the ink relative to the reference digits' and the classifier's mean confidence, for images in [0, 1]."""
     features = reference.features(images)
-    confidence = reference.classifier.head(features).softmax(1).max(1).values.mean().item()
+    confidence = reference.class_probabilities(features).max(1).values.mean().item()
     ink = images.mean().item() / reference.reference_images.float().mean().item()
     return fd_parts(features, reference.reference_features) | {"ink": ink, "confidence": confidence, "n": len(images)}
 

@@ -17,8 +17,7 @@ def test_the_pools_are_every_digit_the_correctly_read_and_the_most_confident_sha
     pools = real_digit_aims.pools(reference, 0.2)
     every, correct, confident = pools.values()
     assert list(pools)[2] == "the most confident 20%" and every.all()
-    with torch.inference_mode():
-        probabilities = reference.classifier.head(reference.features(reference.holdout_images)).softmax(1)
+    probabilities = reference.class_probabilities(reference.features(reference.holdout_images))
     labels = reference.holdout_labels
     assert torch.equal(correct, probabilities.argmax(1) == labels) and 0 < (~correct).sum() < 0.1 * len(labels)
     own = probabilities.gather(1, labels[:, None]).squeeze(1)
