@@ -4,6 +4,7 @@ like experiments/guided.py: does any of them buy the accuracy for less FD? Not p
     python experiments/guidance_variants.py --per-digit 20 --run cfg:w=0.5 interval:w=1,lo=200,hi=600 \
         clip:w=0.5 apg:w=1,offset=1 rescale:w=1,phi=0.7 --output-dir runs/guidance_variants
     python experiments/guidance_variants.py --per-digit 20 --run auto:w=1 --guiding-weights runs/guided_bad/guided_mnist_ema.pt
+    python experiments/guidance_variants.py --per-digit 20 --run handoff:w=0,at=500 --low-t-weights runs/guided_200_500/guided_mnist_ema.pt
 
 Each run is NAME:KEY=VALUE,...; every rule gives the label on t >= LABEL_T_MIN only, as the notebook does:
 - cfg: the notebook's `guided_eps`, eps_c + w (eps_c - eps_null) (Ho & Salimans, eq. 6);
@@ -16,7 +17,11 @@ Each run is NAME:KEY=VALUE,...; every rule gives the label on t >= LABEL_T_MIN o
   arXiv 2305.08891, sec. 3.4);
 - auto: autoguidance (Karras et al. 2024, arXiv 2406.02507, eq. 1 with their w = 1 + ours): eps_c + w (eps_c -
   eps_c of a weaker network, --guiding-weights), both given the label, so the push comes from where the weaker
-  network errs, not from leaving the label out.
+  network errs, not from leaving the label out;
+- handoff: eq. 6 with the shipped weights (--weights) on t >= at and with other class-conditional weights
+  (--low-t-weights, e.g. label parts trained on the steps below `at` only) below it, at strength low_w there
+  (default: w), each composed by the notebook's `guided_eps`; so each set of label parts acts only on the steps it
+  was trained on.
 All runs use one batch size and generator seed, so every rule starts from the same noise; a run's samples are DDIM
 on SAMPLING_STEPS steps with SAMPLING_ETA, the notebook's sampler. Results go to --output-dir/guidance_variants.json
 after every run.
@@ -38,8 +43,10 @@ import helper_functions as hf  # noqa: E402
 from notebook_code import notebook_classes  # noqa: E402
 
 SETTINGS = guided.SETTINGS
-REQUIRED = {"cfg": {"w"}, "interval": {"w", "lo", "hi"}, "clip": {"w"}, "apg": {"w"}, "rescale": {"w", "phi"}, "auto": {"w"}}
-OPTIONAL = {"apg": {"offset", "eta"}}  # both default to 0 in guided_x0
+REQUIRED = {"cfg": {"w"}, "interval": {"w", "lo", "hi"}, "clip": {"w"}, "apg": {"w"}, "rescale": {"w", "phi"}, "auto": {"w"},
+            "handoff": {"w", "at"}}
+OPTIONAL = {"apg": {"offset", "eta"}, "handoff": {"low_w"}}  # apg's default to 0 in guided_x0, handoff's low_w to w
+SECOND_NETWORK = {"auto": "--guiding-weights", "handoff": "--low-t-weights"}  # the rules that need a second network
 RULES = {name: keys | OPTIONAL.get(name, set()) for name, keys in REQUIRED.items()}
 
 
@@ -57,7 +64,7 @@ def parse_run(text: str) -> tuple[str, dict[str, float]]:
     missing = REQUIRED[name] - options.keys()
     if missing:
         raise ValueError(f"{text!r}: {name} needs {sorted(missing)}")
-    if options["w"] < 0:
+    if options["w"] < 0 or options.get("low_w", 0) < 0:
         raise ValueError(f"{text!r}: w must be at least 0")
     return name, options
 
@@ -83,9 +90,11 @@ def guided_x0(rule: str, options: dict[str, float], x0_c: torch.Tensor, x0_null:
     raise ValueError(f"{rule!r} is not an x0-space rule")
 
 
-def eps_model(rule, options, network, labels, schedule, null_label, t_min, guided_eps, guiding_network=None):
-    """model(x_t, t) for the samplers under one rule, for the images' labels; guided_eps is the notebook's, and
-    guiding_network the weaker network that autoguidance ("auto") steers away from."""
+def eps_model(rule, options, network, labels, schedule, null_label, t_min, guided_eps, guiding_network=None,
+              low_t_network=None):
+    """model(x_t, t) for the samplers under one rule, for the images' labels; guided_eps is the notebook's,
+    guiding_network the weaker network that autoguidance ("auto") steers away from, and low_t_network the one that
+    "handoff" uses below its step `at`."""
     w = options["w"]
     if rule == "cfg":
         return guided_eps(network, labels, w, null_label, t_min)
@@ -102,12 +111,15 @@ def eps_model(rule, options, network, labels, schedule, null_label, t_min, guide
             return eps_c + w * (eps_c - guiding_network(x_t, t, given))
 
         return autoguided
-    if rule == "interval":
+    if rule in ("interval", "handoff"):
+        if rule == "handoff" and low_t_network is None:
+            raise ValueError("the handoff rule needs the network for the steps below `at`: give --low-t-weights")
         inside_model = guided_eps(network, labels, w, null_label, t_min)
-        outside_model = guided_eps(network, labels, 0.0, null_label, t_min)
+        outside_model = (guided_eps(network, labels, 0.0, null_label, t_min) if rule == "interval" else
+                         guided_eps(low_t_network, labels, options.get("low_w", w), null_label, t_min))
 
         def windowed(x_t, t):
-            inside = (t >= options["lo"]) & (t <= options["hi"])
+            inside = (t >= options["lo"]) & (t <= options["hi"]) if rule == "interval" else t >= options["at"]
             if inside.all():
                 return inside_model(x_t, t)
             if not inside.any():
@@ -133,11 +145,12 @@ def eps_model(rule, options, network, labels, schedule, null_label, t_min, guide
 
 
 def sample(rule, options, network, asked, schedule, steps, eta, batch_size, generator, device, null_label, t_min, guided_eps,
-           guiding_network=None):
+           guiding_network=None, low_t_network=None):
     """Samples in [-1, 1] on the CPU of the digits `asked` under one rule, in batches, all from one generator."""
     batches = []
     for labels in asked.split(batch_size):
-        model = eps_model(rule, options, network, labels.to(device), schedule, null_label, t_min, guided_eps, guiding_network)
+        model = eps_model(rule, options, network, labels.to(device), schedule, null_label, t_min, guided_eps, guiding_network,
+                          low_t_network)
         batches.append(hf.ddim_sample(model, schedule, (len(labels), 1, 28, 28), steps, eta=eta, device=device,
                                       generator=generator, progress=False).clamp(-1, 1).cpu())
     return torch.cat(batches)
@@ -152,23 +165,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=SETTINGS["SAMPLING_STEPS"])
     parser.add_argument("--guiding-weights", type=Path, default=None,
                         help="the weaker class-conditional network that the auto rule guides with")
+    parser.add_argument("--low-t-weights", type=Path, default=None,
+                        help="the class-conditional network that the handoff rule uses below its step `at`")
     parser.add_argument("--output-dir", type=Path, default=guided.ROOT / "runs" / "guidance_variants")
     args = parser.parse_args(argv)
     try:
         runs = [parse_run(text) for text in args.run]
     except ValueError as error:
         parser.error(str(error))
-    if any(rule == "auto" for rule, _ in runs) and args.guiding_weights is None:
-        parser.error("the auto rule guides with a weaker network: give its weights with --guiding-weights")
+    for rule, flag in SECOND_NETWORK.items():
+        if any(name == rule for name, _ in runs) and getattr(args, flag[2:].replace("-", "_")) is None:
+            parser.error(f"the {rule} rule needs a second network: give its weights with {flag}")
     if args.per_digit < 2 or args.batch < 1 or args.steps < 1:
         parser.error("--per-digit must be at least 2 (diversity compares samples of one digit), --batch and --steps at least 1")
     guided_eps = notebook_classes(guided.NOTEBOOK)["guided_eps"]
     device, classes, t_min, seed = hf.choose_device(), SETTINGS["NUM_CLASSES"], SETTINGS["LABEL_T_MIN"], SETTINGS["SEED"]
     schedule, network, reference = guided.evaluation_setup(args.weights, device)
-    guiding_network = None if args.guiding_weights is None else guided.evaluation_setup(args.guiding_weights, device, reference=False)[1]
+    guiding_network, low_t_network = (None if path is None else guided.evaluation_setup(path, device, reference=False)[1]
+                                      for path in (args.guiding_weights, args.low_t_weights))
     asked = torch.arange(classes).repeat_interleave(args.per_digit)
     results = {"machine": guided.machine(), "weights": str(args.weights), "per_digit": args.per_digit, "batch": args.batch,
                "guiding_weights": None if args.guiding_weights is None else str(args.guiding_weights),
+               "low_t_weights": None if args.low_t_weights is None else str(args.low_t_weights),
                "sampler": f"DDIM eta = {SETTINGS['SAMPLING_ETA']:g}, {args.steps} steps", "label_t_min": t_min,
                "date": time.strftime("%Y-%m-%d"), "real": hf.conditional_reference_scores(reference, args.per_digit, seed=seed),
                "runs": {}}
@@ -176,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     for text, (rule, options) in zip(args.run, runs):
         start = time.perf_counter()
         samples = sample(rule, options, network, asked, schedule, args.steps, SETTINGS["SAMPLING_ETA"], args.batch,
-                         torch.Generator(device).manual_seed(seed), device, classes, t_min, guided_eps, guiding_network)
+                         torch.Generator(device).manual_seed(seed), device, classes, t_min, guided_eps, guiding_network,
+                         low_t_network)
         scores = results["runs"][text] = hf.conditional_quality(samples, asked, reference) | {"seconds": time.perf_counter() - start}
         print(hf.format_guided_quality(text, scores, results["real"]) + f"   {scores['seconds']:.0f} s", flush=True)
         args.output_dir.mkdir(parents=True, exist_ok=True)

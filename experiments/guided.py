@@ -10,6 +10,8 @@
         --class-lr 5e-3 --label-layer-lr 5e-4 --warmup-steps 100 --t-min 0 --output-dir guided_whole  # then every weight
     python experiments/guided.py train --relative-loss --t-min 200 --seconds 3600 --output-dir guided_relative  # every
                                                    # t weighed alike: each image's loss over DDPM's own loss at its t
+    python experiments/guided.py train --t-min 200 --t-max 500 --seconds 1800 --output-dir guided_200_500  # the label
+                                                   # parts trained on one window of t only
     python experiments/guided.py train --from-random-weights --seconds 180 --output-dir guided_random  # on a GPU: the
                                                    # notebook's route from random weights, every weight, every t
     python experiments/guided.py evaluate --weights data/guided_mnist_ema.pt --w 0 0.5 1 3 --output-dir guided_results
@@ -91,17 +93,18 @@ def label_free_loss_by_t(model, x0: torch.Tensor, schedule: hf.NoiseSchedule, ev
     return torch.from_numpy(np.exp(np.interp(np.arange(schedule.T), grid, np.log(losses)))).float()
 
 
-def relative_guided_loss(model, x0, labels, schedule, p_uncond, t_min, loss_by_t, drop_labels):
-    """The notebook's guided_loss with each image's squared error divided by loss_by_t at its t: about 1 where the label
-    adds nothing, below 1 where it helps, at every t alike."""
-    if not 0 <= t_min < schedule.T:
-        raise ValueError(f"t_min must lie in 0 ... {schedule.T - 1}, got {t_min}")
+def windowed_guided_loss(model, x0, labels, schedule, p_uncond, t_min, t_max, drop_labels, loss_by_t=None):
+    """The notebook's guided_loss on t drawn from {t_min, ..., t_max - 1} instead of {t_min, ..., T-1}; with
+    loss_by_t, each image's squared error is divided by loss_by_t at its t: about 1 where the label adds nothing,
+    below 1 where it helps, at every t alike."""
+    if not 0 <= t_min < t_max <= schedule.T:
+        raise ValueError(f"need 0 <= t_min < t_max <= {schedule.T}, got t_min {t_min} and t_max {t_max}")
     c = drop_labels(labels, p_uncond, model.null_label)
-    t = torch.randint(t_min, schedule.T, (len(x0),), device=x0.device)
+    t = torch.randint(t_min, t_max, (len(x0),), device=x0.device)
     eps = torch.randn_like(x0)
     x_t = hf.q_sample(x0, t, schedule, eps=eps)
     per_image = (model(x_t, t, c).float() - eps).pow(2).flatten(1).mean(1)
-    return (per_image / loss_by_t.to(x0.device)[t]).mean()
+    return (per_image if loss_by_t is None else per_image / loss_by_t.to(x0.device)[t]).mean()
 
 
 def train(args) -> None:
@@ -143,7 +146,11 @@ def train(args) -> None:
         loss_by_t = label_free_loss_by_t(model.eval(), measure_on, schedule, every=50, seed=SETTINGS["SEED"])
         model.train()
         print("DDPM's L_simple at t = 0, 250, 500, 750, 999: " + ", ".join(f"{loss_by_t[t]:.2g}" for t in (0, 250, 500, 750, 999)))
-        loss_fn = lambda x, y: relative_guided_loss(model, x, y, schedule, p_uncond, t_min, loss_by_t, nb["drop_labels"])  # noqa: E731
+    else:
+        loss_by_t = None
+    if args.relative_loss or args.t_max < schedule.T:
+        loss_fn = lambda x, y: windowed_guided_loss(model, x, y, schedule, p_uncond, t_min, args.t_max,  # noqa: E731
+                                                    nb["drop_labels"], loss_by_t)
     else:
         loss_fn = lambda x, y: nb["guided_loss"](model, x, y, schedule, p_uncond, t_min)  # noqa: E731
     start = time.perf_counter()
@@ -158,7 +165,7 @@ def train(args) -> None:
                 "only_conditioning": only_conditioning, "from_weights": str(args.from_weights) if args.from_weights else None,
                 "every_weight_peak_lr": args.every_weight_lr, "class_peak_lr": class_lr if only_conditioning or every_weight else None,
                 "label_layer_peak_lr": label_layer_lr if only_conditioning or every_weight else None, "t_min": t_min,
-                "peak_lr": peak_lr, "warmup_steps": args.warmup_steps, "relative_loss": args.relative_loss,
+                "t_max": args.t_max, "peak_lr": peak_lr, "warmup_steps": args.warmup_steps, "relative_loss": args.relative_loss,
                 "losses": losses[:: max(1, len(losses) // 2000)], "trained_by": "experiments/guided.py train",
                 "date": time.strftime("%Y-%m-%d")}
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -251,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
                               help="train this many steps instead of for --seconds (the cosine decay follows the steps)")
     train_parser.add_argument("--t-min", type=int, default=None,
                               help="draw t from {t_min, ..., T-1} (default: the notebook's T_MIN; 0 with --from-random-weights)")
+    train_parser.add_argument("--t-max", type=int, default=DDPM_CONFIG["T"],
+                              help="draw t below this only (default: T, every step from --t-min on); below T the loss is "
+                                   "not the notebook's, so it cannot be shipped")
     train_parser.add_argument("--from-weights", type=Path, default=None,
                               help="start from these class-conditional weights (e.g. data/guided_mnist_ema.pt) instead of "
                                    "DDPM's with the label parts at zero")
@@ -284,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         args.t_min = 0 if args.from_random_weights else SETTINGS["T_MIN"]
     if args.command == "train" and not (0 <= args.t_min < DDPM_CONFIG["T"]):
         parser.error(f"--t-min must be in 0 ... {DDPM_CONFIG['T'] - 1}, got {args.t_min}")
+    if args.command == "train" and not (args.t_min < args.t_max <= DDPM_CONFIG["T"]):
+        parser.error(f"--t-max must lie above --t-min ({args.t_min}) and at most {DDPM_CONFIG['T']}, got {args.t_max}")
     if args.command == "train":
         rates = {"--every-weight-lr": args.every_weight_lr, "--class-lr": args.class_lr, "--label-layer-lr": args.label_layer_lr}
         for flag, rate in rates.items():
@@ -298,9 +310,9 @@ def main(argv: list[str] | None = None) -> None:
         if not separate_peaks and (args.class_lr is not None or args.label_layer_lr is not None):
             parser.error("--class-lr and --label-layer-lr set the label parts' own peaks, which only the label-parts "
                          "training or --every-weight-lr has; the notebook trains every weight at LEARNING_RATE")
-        if args.ship and args.relative_loss:
+        if args.ship and (args.relative_loss or args.t_max < DDPM_CONFIG["T"]):
             parser.error("--ship replaces the notebook's weights, which come from the notebook's own guided_loss; "
-                         "--relative-loss is not that loss")
+                         "--relative-loss and --t-max below T are not that loss")
         if args.relative_loss and args.from_random_weights:
             parser.error("--relative-loss divides by the label-free network's own loss, which random weights do not have yet")
         if args.warmup_steps < 0:

@@ -33,7 +33,7 @@ def predict(rule, options, t):
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     t_batch = torch.full((4,), t)
     eps = gv.eps_model(rule, options, known_network, torch.tensor([1, 3, 5, 7]), SCHEDULE, NULL, T_MIN, GUIDED_EPS,
-                       guiding_network=weaker_network)(x, t_batch)
+                       guiding_network=weaker_network, low_t_network=weaker_network)(x, t_batch)
     abar = SCHEDULE.alphas_cumprod[t]
     return eps, (x - (1 - abar).sqrt() * eps) / abar.sqrt()
 
@@ -41,7 +41,8 @@ def predict(rule, options, t):
 @pytest.mark.parametrize("text, expected", [("cfg:w=0.5", ("cfg", {"w": 0.5})),
                                             ("interval:w=1,lo=200,hi=600", ("interval", {"w": 1.0, "lo": 200.0, "hi": 600.0})),
                                             ("apg:w=2,offset=1", ("apg", {"w": 2.0, "offset": 1.0})),
-                                            ("auto:w=1", ("auto", {"w": 1.0}))])
+                                            ("auto:w=1", ("auto", {"w": 1.0})),
+                                            ("handoff:w=1,at=500,low_w=0", ("handoff", {"w": 1.0, "at": 500.0, "low_w": 0.0}))])
 def test_runs_are_read_as_a_rule_and_its_options(text, expected):
     assert gv.parse_run(text) == expected
 
@@ -49,7 +50,8 @@ def test_runs_are_read_as_a_rule_and_its_options(text, expected):
 @pytest.mark.parametrize("text, message", [("guide:w=1", "unknown guidance rule 'guide'"), ("apg:w=1,phi=1", "apg takes"),
                                            ("cfg:w", "cfg takes"), ("interval:w=1,lo=200", "interval needs ['hi']"),
                                            ("rescale:w=1", "rescale needs ['phi']"), ("clip:w=-1", "w must be at least 0"),
-                                           ("auto:w=1,lo=200", "auto takes ['w']")])
+                                           ("auto:w=1,lo=200", "auto takes ['w']"), ("handoff:w=1", "handoff needs ['at']"),
+                                           ("handoff:w=1,at=500,low_w=-1", "w must be at least 0")])
 def test_bad_runs_get_a_clear_error(text, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         gv.parse_run(text)
@@ -93,9 +95,22 @@ def test_autoguidance_steers_away_from_the_weaker_network_and_needs_one():
         gv.eps_model("auto", {"w": 1.0}, known_network, labels, SCHEDULE, NULL, T_MIN, GUIDED_EPS)
 
 
+def test_the_handoff_is_each_network_guided_on_its_own_steps_and_needs_the_second():
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([1, 3, 5, 7])
+    for t, network, w in ((500, known_network, 3.0), (999, known_network, 3.0), (499, weaker_network, 0.5), (200, weaker_network, 0.5)):
+        expected = GUIDED_EPS(network, labels, w, NULL, T_MIN)(x, torch.full((4,), t))
+        assert torch.equal(predict("handoff", {"w": 3.0, "at": 500, "low_w": 0.5}, t)[0], expected)
+    assert torch.equal(predict("handoff", {"w": 3.0, "at": 500}, 300)[0],  # low_w defaults to w
+                       GUIDED_EPS(weaker_network, labels, 3.0, NULL, T_MIN)(x, torch.full((4,), 300)))
+    assert not torch.allclose(predict("handoff", {"w": 3.0, "at": 500}, 300)[0], predict("cfg", {"w": 3.0}, 300)[0])
+    with pytest.raises(ValueError, match="give --low-t-weights"):
+        gv.eps_model("handoff", {"w": 1.0, "at": 500}, known_network, labels, SCHEDULE, NULL, T_MIN, GUIDED_EPS)
+
+
 @pytest.mark.parametrize("rule, options", [("cfg", {"w": 3.0}), ("interval", {"w": 3.0, "lo": 0, "hi": 999}),
                                            ("clip", {"w": 3.0}), ("apg", {"w": 3.0}), ("rescale", {"w": 3.0, "phi": 0.7}),
-                                           ("auto", {"w": 3.0})])
+                                           ("auto", {"w": 3.0}), ("handoff", {"w": 3.0, "at": 500})])
 def test_below_the_label_threshold_every_rule_is_the_unconditional_model(rule, options):
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(predict(rule, options, T_MIN - 1)[0], -0.2 * x)
@@ -119,6 +134,18 @@ def test_the_script_scores_autoguidance_with_the_weights_it_is_given_and_refuses
     with pytest.raises(SystemExit):
         gv.main(["--per-digit", "2", "--run", "auto:w=1", "--output-dir", str(tmp_path / "refused")])
     assert "give its weights with --guiding-weights" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+
+
+def test_a_handoff_to_the_same_weights_is_plain_guidance_and_none_is_refused_without_them(tmp_path, capsys):
+    gv.main(["--per-digit", "2", "--steps", "3", "--batch", "20", "--run", "cfg:w=0.5", "handoff:w=0.5,at=500",
+             "--low-t-weights", str(hf.SHIPPED_GUIDED_WEIGHTS_PATH), "--output-dir", str(tmp_path / "run")])
+    results = json.loads((tmp_path / "run" / "guidance_variants.json").read_text())
+    plain, handoff = results["runs"]["cfg:w=0.5"], results["runs"]["handoff:w=0.5,at=500"]
+    assert results["low_t_weights"] == str(hf.SHIPPED_GUIDED_WEIGHTS_PATH)
+    assert {k: v for k, v in plain.items() if k != "seconds"} == {k: v for k, v in handoff.items() if k != "seconds"}
+    with pytest.raises(SystemExit):
+        gv.main(["--per-digit", "2", "--run", "handoff:w=0,at=500", "--output-dir", str(tmp_path / "refused")])
+    assert "give its weights with --low-t-weights" in capsys.readouterr().err and not (tmp_path / "refused").exists()
 
 
 def test_a_single_sample_per_digit_is_refused_before_any_work(tmp_path, capsys):

@@ -7,6 +7,7 @@ import torch
 import guided
 import loss_by_t
 from guided import hf
+from notebook_code import notebook_classes
 
 
 class KnownError(torch.nn.Module):
@@ -51,12 +52,32 @@ def test_the_relative_loss_is_one_where_the_label_adds_nothing_and_a_quarter_whe
     x0, labels = torch.ones(64, 1, 6, 6), torch.full((64,), 3)
     by_t = torch.tensor([snr(schedule, t) for t in range(1000)])
     keep = lambda labels, p, null: labels  # noqa: E731  no label dropped
-    relative = guided.relative_guided_loss(KnownError(schedule), x0, labels, schedule, 0.0, 200, by_t, keep)
+    relative = guided.windowed_guided_loss(KnownError(schedule), x0, labels, schedule, 0.0, 200, 1000, keep, by_t)
     assert relative.item() == pytest.approx(1.0, rel=1e-4)
-    relative = guided.relative_guided_loss(KnownError(schedule, helped=3), x0, labels, schedule, 0.0, 200, by_t, keep)
+    relative = guided.windowed_guided_loss(KnownError(schedule, helped=3), x0, labels, schedule, 0.0, 200, 1000, keep, by_t)
     assert relative.item() == pytest.approx(0.25, rel=1e-4)
-    with pytest.raises(ValueError, match="t_min must lie in 0 ... 999"):
-        guided.relative_guided_loss(KnownError(schedule), x0, labels, schedule, 0.0, 1000, by_t, keep)
+    with pytest.raises(ValueError, match="need 0 <= t_min < t_max <= 1000, got t_min 1000"):
+        guided.windowed_guided_loss(KnownError(schedule), x0, labels, schedule, 0.0, 1000, 1000, keep, by_t)
+
+
+def test_the_windowed_loss_is_the_notebooks_loss_from_t_min_on_and_draws_t_only_inside_its_window(schedule):
+    nb = notebook_classes("guided_diffusion.ipynb")
+    model = KnownError(schedule, helped=3)
+    x0, labels = torch.ones(64, 1, 6, 6), torch.arange(64) % 10
+    torch.manual_seed(0)
+    notebooks = nb["guided_loss"](model, x0, labels, schedule, 0.2, 200)
+    torch.manual_seed(0)
+    windowed = guided.windowed_guided_loss(model, x0, labels, schedule, 0.2, 200, 1000, nb["drop_labels"])
+    assert windowed.item() == pytest.approx(notebooks.item(), rel=1e-6)
+    drawn = []
+    recording = lambda x_t, t, c: drawn.append(t) or model(x_t, t, c)  # noqa: E731
+    recording.null_label = 10
+    for _ in range(20):
+        guided.windowed_guided_loss(recording, x0, labels, schedule, 0.2, 200, 500, nb["drop_labels"])
+    drawn = torch.cat(drawn)
+    assert drawn.min() >= 200 and drawn.max() <= 499 and drawn.min() < 210 and drawn.max() > 490
+    with pytest.raises(ValueError, match="need 0 <= t_min < t_max <= 1000, got t_min 500 and t_max 500"):
+        guided.windowed_guided_loss(model, x0, labels, schedule, 0.2, 500, 500, nb["drop_labels"])
 
 
 def test_loss_with_and_without_label_compares_on_the_same_noise(schedule):
