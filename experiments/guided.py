@@ -168,7 +168,8 @@ def train(args) -> None:
                 "only_conditioning": only_conditioning, "from_weights": str(args.from_weights) if args.from_weights else None,
                 "every_weight_peak_lr": args.every_weight_lr, "class_peak_lr": class_lr if only_conditioning or every_weight else None,
                 "label_layer_peak_lr": label_layer_lr if only_conditioning or every_weight else None, "t_min": t_min,
-                "t_max": args.t_max, "label_in_time_embedding": model.label_in_time_embedding, "peak_lr": peak_lr, "warmup_steps": args.warmup_steps, "relative_loss": args.relative_loss,
+                "t_max": args.t_max, "label_in_time_embedding": model.label_in_time_embedding, "peak_lr": peak_lr,
+                "warmup_steps": args.warmup_steps, "relative_loss": args.relative_loss,
                 "losses": losses[:: max(1, len(losses) // 2000)], "trained_by": "experiments/guided.py train",
                 "date": time.strftime("%Y-%m-%d")}
     args.output_dir.mkdir(parents=True, exist_ok=True)
