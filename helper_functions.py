@@ -488,19 +488,18 @@ class Unet(nn.Module):
     the time embedding, and each ResNet block gets a second scale-shift layer that reads that sum. "No label" (the
     label num_classes, `null_label`) has a vector fixed at zero and skips the label layers, so it computes exactly
     what the same weights compute without labels. The class vectors and the label layers start at zero: a fresh
-    class-conditional U-Net gives that unconditional prediction for every label. With label_in_time_embedding=False
-    the class vector goes to the label layers only, and the blocks' time layers read the time embedding alone.
+    class-conditional U-Net gives that unconditional prediction for every label.
     """
 
     def __init__(self, dim: int = 32, dim_mults=(1, 2, 4), channels: int = 1, dropout: float = 0.0,
-                 num_classes: int | None = None, label_in_time_embedding: bool = True):
+                 num_classes: int | None = None):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout is the share of activations zeroed while training and must lie in [0, 1), got {dropout}")
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes is the number of class labels (10 for digits), or None for no labels; got {num_classes}")
         self.dim, self.dim_mults, self.channels, self.dropout = dim, tuple(dim_mults), channels, dropout
-        self.num_classes, self.label_in_time_embedding = num_classes, label_in_time_embedding
+        self.num_classes = num_classes
         self.downsample_factor = 2 ** (len(dim_mults) - 1)
         time_dim = dim * 4
         self.time_mlp = nn.Sequential(
@@ -564,10 +563,8 @@ class Unet(nn.Module):
             labels = torch.full((len(x),), self.num_classes, device=x.device) if labels is None else labels
             self.check_labels(labels, len(x))
             labelled = (labels != self.num_classes).to(time_embedding.dtype)[:, None]  # 0 for "no label"
-            class_vector = labelled * self.class_embedding(labels)
-            label_embedding = labelled * time_embedding + class_vector  # zero for "no label": the label layers add nothing
-            if self.label_in_time_embedding:
-                time_embedding = time_embedding + class_vector
+            time_embedding = time_embedding + labelled * self.class_embedding(labels)
+            label_embedding = labelled * time_embedding  # zero for "no label": the blocks' label layers add nothing
         elif labels is not None:
             self.check_labels(labels, len(x))  # raises: no labels without num_classes
         x = self.init_conv(x)

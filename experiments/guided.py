@@ -12,8 +12,6 @@
                                                    # t weighed alike: each image's loss over DDPM's own loss at its t
     python experiments/guided.py train --t-min 200 --t-max 500 --seconds 1800 --output-dir guided_200_500  # the label
                                                    # parts trained on one window of t only
-    python experiments/guided.py train --class-vector-off-time-layers --seconds 3600 --output-dir guided_off_time  # the
-                                                   # class vector read by the label layers only, not the frozen time layers
     python experiments/guided.py train --from-random-weights --seconds 180 --output-dir guided_random  # on a GPU: the
                                                    # notebook's route from random weights, every weight, every t
     python experiments/guided.py evaluate --weights data/guided_mnist_ema.pt --w 0 0.5 1 3 --output-dir guided_results
@@ -125,7 +123,6 @@ def train(args) -> None:
         model = nb["conditional_from_ddpm"](hf.SHIPPED_WEIGHTS_PATH, DDPM_CONFIG, SETTINGS["NUM_CLASSES"], dropout=dropout)
     if args.from_weights is not None:  # a class-conditional network trained before, label parts and all
         model = hf.load_weights(model, args.from_weights, WEIGHTS_CONFIG)
-    model.label_in_time_embedding = not args.class_vector_off_time_layers
     model = model.to(device)
     ema = hf.EMA(model, SETTINGS["EMA_DECAY"])
     batch_size = SETTINGS["GPU_BATCH_SIZE"] if on_gpu else SETTINGS["CPU_BATCH_SIZE"]
@@ -168,8 +165,8 @@ def train(args) -> None:
                 "only_conditioning": only_conditioning, "from_weights": str(args.from_weights) if args.from_weights else None,
                 "every_weight_peak_lr": args.every_weight_lr, "class_peak_lr": class_lr if only_conditioning or every_weight else None,
                 "label_layer_peak_lr": label_layer_lr if only_conditioning or every_weight else None, "t_min": t_min,
-                "t_max": args.t_max, "label_in_time_embedding": model.label_in_time_embedding, "peak_lr": peak_lr,
-                "warmup_steps": args.warmup_steps, "relative_loss": args.relative_loss,
+                "t_max": args.t_max, "peak_lr": peak_lr, "warmup_steps": args.warmup_steps,
+                "relative_loss": args.relative_loss,
                 "losses": losses[:: max(1, len(losses) // 2000)], "trained_by": "experiments/guided.py train",
                 "date": time.strftime("%Y-%m-%d")}
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +186,6 @@ def evaluation_setup(weights: Path, device: torch.device,
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(DDPM_CONFIG["T"], DDPM_CONFIG["beta_start"], DDPM_CONFIG["beta_end"])).to(device)
     network = hf.load_weights(hf.Unet(DDPM_CONFIG["dim"], tuple(DDPM_CONFIG["dim_mults"]), num_classes=SETTINGS["NUM_CLASSES"]),
                               weights, WEIGHTS_CONFIG).to(device).eval()
-    network.label_in_time_embedding = hf.weights_metadata(weights).get("label_in_time_embedding", True)  # as it was trained
     if not reference:
         return schedule, network, None
     images, labels = hf.load_mnist_subset()
@@ -266,9 +262,6 @@ def main(argv: list[str] | None = None) -> None:
     train_parser.add_argument("--t-max", type=int, default=DDPM_CONFIG["T"],
                               help="draw t below this only (default: T, every step from --t-min on); below T the loss is "
                                    "not the notebook's, so it cannot be shipped")
-    train_parser.add_argument("--class-vector-off-time-layers", action="store_true",
-                              help="give the class vector to the label layers only, not to the frozen time layers too "
-                                   "(not the notebook's network, so it cannot be shipped)")
     train_parser.add_argument("--from-weights", type=Path, default=None,
                               help="start from these class-conditional weights (e.g. data/guided_mnist_ema.pt) instead of "
                                    "DDPM's with the label parts at zero")
@@ -318,8 +311,6 @@ def main(argv: list[str] | None = None) -> None:
         if not separate_peaks and (args.class_lr is not None or args.label_layer_lr is not None):
             parser.error("--class-lr and --label-layer-lr set the label parts' own peaks, which only the label-parts "
                          "training or --every-weight-lr has; the notebook trains every weight at LEARNING_RATE")
-        if args.ship and args.class_vector_off_time_layers:
-            parser.error("--ship replaces the notebook's weights; --class-vector-off-time-layers is not the notebook's network")
         if args.ship and (args.relative_loss or args.t_max < DDPM_CONFIG["T"]):
             parser.error("--ship replaces the notebook's weights, which come from the notebook's own guided_loss; "
                          "--relative-loss and --t-max below T are not that loss")

@@ -40,14 +40,6 @@ def test_training_and_evaluation_at_a_tiny_size(tmp_path):
     assert len(table) == 2 + 2 + 1 and table[2].startswith("| w = 0 |") and table[3].startswith("| w = 2 |")
 
 
-def test_a_network_trained_with_the_class_vector_off_the_time_layers_is_scored_as_it_was_trained(tmp_path):
-    guided.main(["train", "--steps", "2", "--class-vector-off-time-layers", "--output-dir", str(tmp_path)])
-    weights = tmp_path / "guided_mnist_ema.pt"
-    assert hf.weights_metadata(weights)["label_in_time_embedding"] is False
-    assert guided.evaluation_setup(weights, torch.device("cpu"), reference=False)[1].label_in_time_embedding is False
-    assert guided.evaluation_setup(hf.SHIPPED_GUIDED_WEIGHTS_PATH, torch.device("cpu"), reference=False)[1].label_in_time_embedding
-
-
 def test_every_weight_training_from_earlier_weights_moves_ddpms_weights_too(tmp_path):
     shipped = shipped_bytes()
     guided.main(["train", "--steps", "2", "--t-min", "0", "--from-weights", str(hf.SHIPPED_GUIDED_WEIGHTS_PATH),
@@ -113,7 +105,6 @@ def test_the_gpu_script_trains_from_random_weights_and_scores_every_strength(tmp
                                                  "it takes no --from-weights"),
                                                 (["train", "--relative-loss", "--ship"], "--relative-loss and --t-max below T are not that loss"),
                                                 (["train", "--t-max", "800", "--ship"], "--t-max below T are not that loss"),
-                                                (["train", "--class-vector-off-time-layers", "--ship"], "is not the notebook's network"),
                                                 (["train", "--t-min", "500", "--t-max", "500"],
                                                  "--t-max must lie above --t-min (500) and at most 1000, got 500"),
                                                 (["train", "--t-max", "1001"], "--t-max must lie above --t-min"),

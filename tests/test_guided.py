@@ -234,23 +234,6 @@ def test_no_label_stays_the_unconditional_network_however_the_label_parts_are_tr
         assert not torch.allclose(conditional(x, t, torch.full((4,), 3)), plain(x, t), atol=1e-3)  # a label does change it
 
 
-def test_off_the_time_embedding_the_class_vector_reaches_the_label_layers_only():
-    torch.manual_seed(0)
-    plain = hf.Unet(dim=8, dim_mults=(1, 2)).eval()
-    on, off = (hf.Unet(dim=8, dim_mults=(1, 2), num_classes=10, label_in_time_embedding=inside).eval() for inside in (True, False))
-    for conditional in (on, off):
-        conditional.load_state_dict(plain.state_dict(), strict=False)
-        torch.nn.init.normal_(conditional.class_embedding.weight)  # class vectors set, label layers still zero
-    x, t, labels = torch.randn(4, 1, 8, 8), torch.tensor([0, 250, 500, 999]), torch.tensor([1, 3, 5, NULL])
-    with torch.no_grad():
-        assert torch.equal(off(x, t, labels), plain(x, t))  # with zero label layers a label changes nothing
-        assert not torch.allclose(on(x, t, labels)[:3], plain(x, t)[:3], atol=1e-3)  # the time layers read it
-        assert torch.equal(on(x, t, labels)[3], plain(x, t)[3])
-        off.final_block.label_mlp[1].weight.normal_()
-        assert not torch.allclose(off(x, t, labels)[:3], plain(x, t)[:3], atol=1e-3)  # the label layers do read it
-        assert torch.equal(off(x, t, labels)[3], plain(x, t)[3])  # and "no label" is still nothing added
-
-
 def test_random_batches_keep_images_and_labels_paired():
     images, labels = torch.arange(12.0)[:, None] * 10, torch.arange(12)
     x, c = next(hf.random_batches((images, labels), 5))
