@@ -46,7 +46,6 @@ SETTINGS = guided.SETTINGS
 REQUIRED = {"cfg": {"w"}, "interval": {"w", "lo", "hi"}, "clip": {"w"}, "apg": {"w"}, "rescale": {"w", "phi"}, "auto": {"w"},
             "handoff": {"w", "at"}}
 OPTIONAL = {"apg": {"offset", "eta"}, "handoff": {"low_w"}}  # apg's default to 0 in guided_x0, handoff's low_w to w
-SECOND_NETWORK = {"auto": "--guiding-weights", "handoff": "--low-t-weights"}  # the rules that need a second network
 RULES = {name: keys | OPTIONAL.get(name, set()) for name, keys in REQUIRED.items()}
 
 
@@ -173,8 +172,9 @@ def main(argv: list[str] | None = None) -> None:
         runs = [parse_run(text) for text in args.run]
     except ValueError as error:
         parser.error(str(error))
-    for rule, flag in SECOND_NETWORK.items():
-        if any(name == rule for name, _ in runs) and getattr(args, flag[2:].replace("-", "_")) is None:
+    second_networks = {"auto": ("--guiding-weights", args.guiding_weights), "handoff": ("--low-t-weights", args.low_t_weights)}
+    for rule, (flag, path) in second_networks.items():
+        if path is None and any(name == rule for name, _ in runs):
             parser.error(f"the {rule} rule needs a second network: give its weights with {flag}")
     if args.per_digit < 2 or args.batch < 1 or args.steps < 1:
         parser.error("--per-digit must be at least 2 (diversity compares samples of one digit), --batch and --steps at least 1")

@@ -140,14 +140,12 @@ def train(args) -> None:
         trained, peak_lr = [{"params": list(model.parameters())}], SETTINGS["LEARNING_RATE"] * math.sqrt(batch_size / 128)
     optimizer = torch.optim.Adam(trained, lr=peak_lr, fused=on_gpu)
     schedule = hf.NoiseSchedule(hf.linear_beta_schedule(DDPM_CONFIG["T"], DDPM_CONFIG["beta_start"], DDPM_CONFIG["beta_end"])).to(device)
-    p_uncond, t_min = SETTINGS["P_UNCOND"], args.t_min
+    p_uncond, t_min, loss_by_t = SETTINGS["P_UNCOND"], args.t_min, None
     if args.relative_loss:  # DDPM's own error at each t, before any label part has learned
         measure_on = x0[torch.randperm(len(x0), generator=torch.Generator().manual_seed(SETTINGS["SEED"]))[:128]].to(device)
         loss_by_t = label_free_loss_by_t(model.eval(), measure_on, schedule, every=50, seed=SETTINGS["SEED"])
         model.train()
         print("DDPM's L_simple at t = 0, 250, 500, 750, 999: " + ", ".join(f"{loss_by_t[t]:.2g}" for t in (0, 250, 500, 750, 999)))
-    else:
-        loss_by_t = None
     if args.relative_loss or args.t_max < schedule.T:
         loss_fn = lambda x, y: windowed_guided_loss(model, x, y, schedule, p_uncond, t_min, args.t_max,  # noqa: E731
                                                     nb["drop_labels"], loss_by_t)
