@@ -976,6 +976,10 @@ class QualityReference:
         """The classifier's probability of each digit, (N, 10), from the features of N images."""
         return self.classifier.head(features).softmax(1)
 
+    def holdout_class_probabilities(self) -> torch.Tensor:
+        """class_probabilities of the held-out real digits, (N, 10), in the order of holdout_labels."""
+        return self.class_probabilities(self.features(self.holdout_images))
+
 
 @torch.inference_mode()
 def sample_quality(samples: torch.Tensor, reference: QualityReference, value_range: tuple[float, float] = (-1.0, 1.0),

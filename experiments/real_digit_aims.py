@@ -33,7 +33,7 @@ def pools(reference: hf.QualityReference, confident_share: float) -> dict[str, t
     if not 0 < confident_share <= 1:
         raise ValueError(f"confident_share is the share of each class kept and must lie in (0, 1], got {confident_share}")
     labels = reference.holdout_labels
-    probabilities = reference.class_probabilities(reference.features(reference.holdout_images))
+    probabilities = reference.holdout_class_probabilities()
     correctly_read = probabilities.argmax(1) == labels
     own = probabilities.gather(1, labels[:, None]).squeeze(1)  # the probability of each digit's own label
     confident = torch.zeros_like(correctly_read)

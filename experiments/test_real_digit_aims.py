@@ -3,21 +3,14 @@
 import pytest
 import torch
 
-import helper_functions as hf
 import real_digit_aims
-
-
-@pytest.fixture(scope="module")
-def reference():
-    images, labels = hf.load_mnist_subset()
-    return hf.QualityReference(hf.load_classifier(), images, labels)
 
 
 def test_the_pools_are_every_digit_the_correctly_read_and_the_most_confident_share_of_each_class(reference):
     pools = real_digit_aims.pools(reference, 0.2)
     every, correct, confident = pools.values()
     assert list(pools)[2] == "the most confident 20%" and every.all()
-    probabilities = reference.class_probabilities(reference.features(reference.holdout_images))
+    probabilities = reference.holdout_class_probabilities()
     labels = reference.holdout_labels
     assert torch.equal(correct, probabilities.argmax(1) == labels) and 0 < (~correct).sum() < 0.1 * len(labels)
     own = probabilities.gather(1, labels[:, None]).squeeze(1)

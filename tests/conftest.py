@@ -31,10 +31,3 @@ def schedule():
 def true_noise_model():
     """TrueNoiseModel(x0, schedule): a factory, so each test picks its own x0."""
     return TrueNoiseModel
-
-
-@pytest.fixture(scope="session")
-def reference():
-    """The quality measure's reference on the shipped digits and classifier."""
-    images, labels = hf.load_mnist_subset()
-    return hf.QualityReference(hf.load_classifier(), images, labels)
