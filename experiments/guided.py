@@ -193,14 +193,15 @@ def evaluation_setup(weights: Path, device: torch.device,
 def evaluate(args) -> None:
     nb = notebook_classes(NOTEBOOK)
     device = hf.choose_device()
-    seed, steps, classes = SETTINGS["SEED"], args.steps, SETTINGS["NUM_CLASSES"]
+    seed, real_seed, steps, classes = args.seed, SETTINGS["SEED"], args.steps, SETTINGS["NUM_CLASSES"]
     schedule, network, reference = evaluation_setup(args.weights, device)
     n = classes * args.per_digit
     results = {"machine": machine(), "weights": str(args.weights), "metadata": {k: v for k, v in hf.weights_metadata(args.weights).items()
                                                                               if k != "losses"},
-               "per_digit": args.per_digit, "sampler": f"DDIM eta = {args.eta:g}, {steps} steps", "date": time.strftime("%Y-%m-%d"),
-               "real": hf.conditional_reference_scores(reference, args.per_digit, seed=seed),
-               "real_unconditional": hf.reference_scores(reference, n, seed=seed)["real"], "guided": {}}
+               "per_digit": args.per_digit, "sampler": f"DDIM eta = {args.eta:g}, {steps} steps", "seed": seed,
+               "date": time.strftime("%Y-%m-%d"),
+               "real": hf.conditional_reference_scores(reference, args.per_digit, seed=real_seed),
+               "real_unconditional": hf.reference_scores(reference, n, seed=real_seed)["real"], "guided": {}}
     print(hf.format_guided_quality("real digits", results["real"]))
     write(results, args.output_dir)
     asked = torch.arange(classes).repeat_interleave(args.per_digit)
@@ -280,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     evaluate_parser.add_argument("--w", type=float, nargs="+", default=list(SETTINGS["GUIDANCE_SCALES"]))
     evaluate_parser.add_argument("--per-digit", type=int, default=100)
     evaluate_parser.add_argument("--batch", type=int, default=50, help="images per sampling call")
+    evaluate_parser.add_argument("--seed", type=int, default=SETTINGS["SEED"],
+                                 help="the starting noise's seed (default: the notebook's); the real digits keep the notebook's")
     evaluate_parser.add_argument("--steps", type=int, default=SETTINGS["SAMPLING_STEPS"], help="DDIM steps (the notebook's)")
     evaluate_parser.add_argument("--eta", type=float, default=SETTINGS["SAMPLING_ETA"], help="DDIM's eta (the notebook's)")
     evaluate_parser.add_argument("--label-t-min", type=int, default=SETTINGS["LABEL_T_MIN"],

@@ -40,6 +40,18 @@ def test_training_and_evaluation_at_a_tiny_size(tmp_path):
     assert len(table) == 2 + 2 + 1 and table[2].startswith("| w = 0 |") and table[3].startswith("| w = 2 |")
 
 
+def test_another_seed_draws_other_samples_against_the_same_real_digits(tmp_path):
+    runs = {}
+    for seed in (None, 1):
+        out = tmp_path / f"seed_{seed}"
+        guided.main(["evaluate", "--w", "0", "--per-digit", "2", "--batch", "20", "--steps", "3", "--no-unconditional",
+                     "--output-dir", str(out)] + ([] if seed is None else ["--seed", str(seed)]))
+        runs[seed] = json.loads((out / "guided_results.json").read_text())
+    assert runs[None]["seed"] == guided.SETTINGS["SEED"] and runs[1]["seed"] == 1
+    assert runs[None]["real"] == runs[1]["real"]  # the floor keeps the notebook's seed
+    assert runs[None]["guided"]["0.0"]["classifier_fd"] != runs[1]["guided"]["0.0"]["classifier_fd"]
+
+
 def test_every_weight_training_from_earlier_weights_moves_ddpms_weights_too(tmp_path):
     shipped = shipped_bytes()
     guided.main(["train", "--steps", "2", "--t-min", "0", "--from-weights", str(hf.SHIPPED_GUIDED_WEIGHTS_PATH),
