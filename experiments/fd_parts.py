@@ -4,7 +4,7 @@ strength and for real held-out digits at the same n (experiments/RESULTS.md, "Wh
 of the test run.
 
     python experiments/fd_parts.py --w 0 0.25 0.5 1 --per-digit 100 --output-dir runs/fd_parts
-    python experiments/fd_parts.py --w 0 0.25 0.5 --per-digit 100 --read-as-asked 1.3 --output-dir runs/fd_read_as_asked
+    python experiments/fd_parts.py --w 0 0.25 0.5 --per-digit 100 --read-as-asked 1.4 --output-dir runs/fd_read_as_asked
 
 The samples are `guided.py evaluate`'s, from the same seed, batches and sampler (the notebook's `sample_digits`),
 so the FD column equals its table's. The FD is ||mu_s - mu_r||^2 + Tr(S_s + S_r - 2 (S_s S_r)^(1/2)); "mean part"
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.per_digit < 2:
         parser.error(f"--per-digit must be at least 2 (a covariance needs two samples), got {args.per_digit}")
     if args.read_as_asked is not None and args.read_as_asked < 1:
-        parser.error(f"--read-as-asked must be at least 1 (the share of samples drawn per digit kept), got {args.read_as_asked:g}")
+        parser.error(f"--read-as-asked must be at least 1 (it draws F times --per-digit of each digit), got {args.read_as_asked:g}")
     nb = guided.notebook_classes(guided.NOTEBOOK)
     device = hf.choose_device(verbose=False)
     seed, classes = SETTINGS["SEED"], SETTINGS["NUM_CLASSES"]
