@@ -1114,9 +1114,19 @@ def conditional_reference_scores(reference: QualityReference, per_class: int, se
     if pool is not None and (pool.dtype != torch.bool or pool.shape != reference.holdout_labels.shape):
         raise ValueError(f"pool must be a boolean mask of shape {tuple(reference.holdout_labels.shape)} over the held-out "
                          f"digits, got {pool.dtype} of shape {tuple(pool.shape)}")
+    per_draw = [conditional_quality(reference.holdout_images[picked], reference.holdout_labels[picked], reference,
+                                    value_range=(0, 1), real_digits=True)
+                for picked in held_out_draws(reference, per_class, seed, draws, pool)]
+    return mean_over_draws(per_draw)
+
+
+def held_out_draws(reference: QualityReference, per_class: int, seed: int = 0, draws: int = 10,
+                   pool: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Indices into the held-out digits for `draws` random draws of per_class of each digit, from one generator
+    seeded with seed; pool: a boolean mask over the held-out digits to draw from only those."""
     generator = torch.Generator().manual_seed(seed)
     classes = reference.holdout_labels.unique()
-    per_draw = []
+    all_draws = []
     for _ in range(draws):
         picked = []
         for c in classes:
@@ -1126,10 +1136,8 @@ def conditional_reference_scores(reference: QualityReference, per_class: int, se
                 raise ValueError(f"only {len(members)} held-out real digits of class {c.item()}"
                                  f"{'' if pool is None else ' in the pool'}; ask for per_class <= that")
             picked.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
-        picked = torch.cat(picked)
-        per_draw.append(conditional_quality(reference.holdout_images[picked], reference.holdout_labels[picked], reference,
-                                            value_range=(0, 1), real_digits=True))
-    return mean_over_draws(per_draw)
+        all_draws.append(torch.cat(picked))
+    return all_draws
 
 
 def format_guided_quality(name: str, scores: dict[str, float], floor: dict[str, float] | None = None) -> str:

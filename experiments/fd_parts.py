@@ -71,15 +71,8 @@ def real_rows(reference: hf.QualityReference, per_digit: int, seed: int, draws: 
               pool: torch.Tensor | None = None) -> dict[str, float]:
     """describe() of real held-out digits, per_digit of each class, averaged over draws drawn as
     conditional_reference_scores draws them; pool: a boolean mask over the held-out digits to draw from only those."""
-    generator = torch.Generator().manual_seed(seed)
-    pool = torch.ones_like(reference.holdout_labels, dtype=torch.bool) if pool is None else pool
-    per_draw = []
-    for _ in range(draws):
-        picked = []
-        for c in reference.holdout_labels.unique():
-            members = ((reference.holdout_labels == c) & pool).nonzero().flatten()
-            picked.append(members[torch.randperm(len(members), generator=generator)[:per_digit]])
-        per_draw.append(describe(reference.holdout_images[torch.cat(picked)].float(), reference))
+    per_draw = [describe(reference.holdout_images[picked].float(), reference)
+                for picked in hf.held_out_draws(reference, per_digit, seed, draws, pool)]
     return hf.mean_over_draws(per_draw)
 
 
