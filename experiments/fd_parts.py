@@ -17,6 +17,13 @@ the FD's real reference digits (1.00: as much ink as real digits). The real rows
 the first --per-digit of each digit that the classifier reads as the one asked for. Beside them, real held-out digits
 of every kind and those the classifier reads as their label. A diagnostic, not a sampler: the measuring classifier
 picks the samples.
+
+--label-free N asks the same of DDPM's own network: it draws N samples with no label (the notebook's label-free
+half, which is DDPM.ipynb's network), and scores the first --per-digit of each digit as the classifier reads them.
+This is what a conditional model would score if it drew DDPM's digits and always the one asked for; again the
+measuring classifier does the picking.
+
+    python experiments/fd_parts.py --w --per-digit 100 --label-free 2000 --output-dir runs/fd_label_free
 """
 
 from __future__ import annotations
@@ -76,6 +83,23 @@ def real_rows(reference: hf.QualityReference, per_digit: int, seed: int, draws: 
     return hf.mean_over_draws(per_draw)
 
 
+def score_label_free_by_reading(sample_digits, network, schedule, reference, args, device, seed, classes) -> dict:
+    """describe() of the first args.per_digit of each digit, as the classifier reads them, among args.label_free
+    samples drawn with no label (label `classes`, the notebook's null label). ValueError if a digit is read fewer
+    than args.per_digit times."""
+    no_label = torch.full((args.label_free,), classes)
+    samples = sample_digits(network, no_label, 0.0, schedule, args.steps, SETTINGS["SAMPLING_ETA"], args.batch,
+                            torch.Generator(device).manual_seed(seed), device, classes, args.label_t_min)
+    images = hf.to_unit_range(samples, (-1.0, 1.0))
+    read = reference.class_probabilities(reference.features(images)).argmax(1).cpu()
+    counts = torch.bincount(read, minlength=classes)
+    if counts.min() < args.per_digit:
+        raise ValueError(f"digit {counts.argmin().item()} is read only {counts.min().item()} times in "
+                         f"{args.label_free} label-free samples, {args.per_digit} needed; draw more")
+    return describe(images[first_of_each(read, args.per_digit)], reference) | {
+        "drawn": args.label_free, "share_of_each_digit": (counts / args.label_free).tolist()}
+
+
 def markdown_table(results: dict) -> str:
     rows = ["| samples | classifier FD | mean part | covariance part | ink | confidence |",
             "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -85,6 +109,9 @@ def markdown_table(results: dict) -> str:
         if w in results.get("read_as_asked", {}):
             read = results["read_as_asked"][w]
             named.append((f"w = {float(w):g}, read as asked ({read['share_read_as_asked']:.1%} of {read['drawn']})", read))
+    if "label_free_by_reading" in results:
+        free = results["label_free_by_reading"]
+        named.append((f"no label (DDPM's network), sorted by the classifier's reading (of {free['drawn']})", free))
     named.append((f"real held-out digits (mean of {results['real']['draws']} draws)", results["real"]))
     if "real_read_as_labelled" in results:
         named.append(("real held-out digits read as their label", results["real_read_as_labelled"]))
@@ -97,19 +124,23 @@ def markdown_table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, default=hf.SHIPPED_GUIDED_WEIGHTS_PATH)
-    parser.add_argument("--w", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0])
+    parser.add_argument("--w", type=float, nargs="*", default=[0.0, 0.25, 0.5, 1.0], help="strengths (none: no guided rows)")
     parser.add_argument("--per-digit", type=int, default=100)
     parser.add_argument("--batch", type=int, default=50, help="images per sampling call (guided.py evaluate's)")
     parser.add_argument("--steps", type=int, default=SETTINGS["SAMPLING_STEPS"])
     parser.add_argument("--label-t-min", type=int, default=SETTINGS["LABEL_T_MIN"])
     parser.add_argument("--read-as-asked", type=float, default=None, metavar="F",
                         help="also score the samples the classifier reads as asked, from F times --per-digit of each digit")
+    parser.add_argument("--label-free", type=int, default=None, metavar="N",
+                        help="also draw N label-free samples and score the first --per-digit of each digit as the classifier reads them")
     parser.add_argument("--output-dir", type=Path, default=guided.ROOT / "runs" / "fd_parts")
     args = parser.parse_args(argv)
     if args.per_digit < 2:
         parser.error(f"--per-digit must be at least 2 (a covariance needs two samples), got {args.per_digit}")
     if args.read_as_asked is not None and args.read_as_asked < 1:
         parser.error(f"--read-as-asked must be at least 1 (it draws F times --per-digit of each digit), got {args.read_as_asked:g}")
+    if args.label_free is not None and args.label_free < 10 * args.per_digit:
+        parser.error(f"--label-free must be at least 10 times --per-digit ({10 * args.per_digit}), got {args.label_free}")
     nb = guided.notebook_classes(guided.NOTEBOOK)
     device = hf.choose_device(verbose=False)
     seed, classes = SETTINGS["SEED"], SETTINGS["NUM_CLASSES"]
@@ -133,6 +164,12 @@ def main(argv: list[str] | None = None) -> dict:
             results["read_as_asked"][str(w)] = describe(images[first_of_each(asked, args.per_digit, as_asked)], reference) | {
                 "drawn": len(images), "share_read_as_asked": as_asked.float().mean().item()}
             print(f"w = {w:g}, read as asked: {results['read_as_asked'][str(w)]}", flush=True)
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        (args.output_dir / "fd_parts.json").write_text(json.dumps(results, indent=1))
+    if args.label_free is not None:
+        results["label_free_by_reading"] = score_label_free_by_reading(nb["sample_digits"], network, schedule, reference,
+                                                                      args, device, seed, classes)
+        print(f"no label, by reading: {results['label_free_by_reading']}", flush=True)
         args.output_dir.mkdir(parents=True, exist_ok=True)
         (args.output_dir / "fd_parts.json").write_text(json.dumps(results, indent=1))
     print(markdown_table(results))

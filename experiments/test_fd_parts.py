@@ -1,5 +1,7 @@
 """experiments/fd_parts.py: the FD's two parts add up to it, and the mean part is the squared distance of the means."""
 
+import argparse
+
 import pytest
 import torch
 
@@ -51,4 +53,32 @@ def test_fewer_samples_drawn_than_kept_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         fd_parts.main(["--read-as-asked", "0.9", "--output-dir", str(tmp_path / "run")])
     assert exit_info.value.code == 2 and "--read-as-asked must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_label_free_samples_are_drawn_with_no_label_and_kept_by_the_classifiers_reading(reference):
+    asked_for = {}
+    drawn = torch.randperm(len(reference.holdout_images), generator=torch.Generator().manual_seed(0))[:300]
+
+    def stand_in_sampler(network, labels, w, schedule, steps, eta, batch_size, generator, device, null_label, t_min=0):
+        asked_for.update(labels=labels.clone(), w=w, null_label=null_label)
+        return reference.holdout_images[drawn].float() * 2 - 1  # real digits of every class, in [-1, 1] as a sampler gives them
+
+    args = argparse.Namespace(label_free=300, per_digit=5, steps=3, batch=100, label_t_min=200)
+    scores = fd_parts.score_label_free_by_reading(stand_in_sampler, None, None, reference, args, "cpu", 0, 10)
+    assert asked_for["w"] == 0.0 and asked_for["null_label"] == 10 and (asked_for["labels"] == 10).all()
+    assert len(asked_for["labels"]) == 300 and scores["drawn"] == 300 and scores["n"] == 50
+    read = reference.holdout_class_probabilities()[drawn].argmax(1)
+    assert scores["share_of_each_digit"] == pytest.approx((torch.bincount(read, minlength=10) / 300).tolist())
+    kept = fd_parts.describe(reference.holdout_images[drawn][fd_parts.first_of_each(read, 5)].float(), reference)
+    assert scores["classifier_fd"] == pytest.approx(kept["classifier_fd"])
+    args.per_digit = 40  # more of each digit than 300 real digits hold
+    with pytest.raises(ValueError, match=r"digit \d is read only \d+ times in 300 label-free samples, 40 needed"):
+        fd_parts.score_label_free_by_reading(stand_in_sampler, None, None, reference, args, "cpu", 0, 10)
+
+
+def test_fewer_label_free_samples_than_kept_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fd_parts.main(["--w", "--per-digit", "10", "--label-free", "99", "--output-dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2 and "--label-free must be at least 10 times --per-digit (100), got 99" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
