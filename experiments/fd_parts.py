@@ -23,7 +23,7 @@ half, which is DDPM.ipynb's network), and scores the first --per-digit of each d
 This is what a conditional model would score if it drew DDPM's digits and always the one asked for; again the
 measuring classifier does the picking.
 
-    python experiments/fd_parts.py --w --per-digit 100 --label-free 2000 --output-dir runs/fd_label_free
+    python experiments/fd_parts.py --w --per-digit 100 --label-free 2500 --output-dir runs/fd_label_free
 """
 
 from __future__ import annotations
