@@ -29,7 +29,6 @@ measuring classifier does the picking.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -139,11 +138,12 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--per-digit must be at least 2 (a covariance needs two samples), got {args.per_digit}")
     if args.read_as_asked is not None and args.read_as_asked < 1:
         parser.error(f"--read-as-asked must be at least 1 (it draws F times --per-digit of each digit), got {args.read_as_asked:g}")
-    if args.label_free is not None and args.label_free < 10 * args.per_digit:
-        parser.error(f"--label-free must be at least 10 times --per-digit ({10 * args.per_digit}), got {args.label_free}")
+    classes = SETTINGS["NUM_CLASSES"]
+    if args.label_free is not None and args.label_free < classes * args.per_digit:
+        parser.error(f"--label-free must be at least {classes} times --per-digit ({classes * args.per_digit}), got {args.label_free}")
     nb = guided.notebook_classes(guided.NOTEBOOK)
     device = hf.choose_device(verbose=False)
-    seed, classes = SETTINGS["SEED"], SETTINGS["NUM_CLASSES"]
+    seed = SETTINGS["SEED"]
     schedule, network, reference = guided.evaluation_setup(args.weights, device)
     results = {"machine": guided.machine(), "weights": str(args.weights), "per_digit": args.per_digit,
                "date": time.strftime("%Y-%m-%d"), "real": real_rows(reference, args.per_digit, seed), "guided": {}}
@@ -164,14 +164,12 @@ def main(argv: list[str] | None = None) -> dict:
             results["read_as_asked"][str(w)] = describe(images[first_of_each(asked, args.per_digit, as_asked)], reference) | {
                 "drawn": len(images), "share_read_as_asked": as_asked.float().mean().item()}
             print(f"w = {w:g}, read as asked: {results['read_as_asked'][str(w)]}", flush=True)
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "fd_parts.json").write_text(json.dumps(results, indent=1))
+        guided.write(results, args.output_dir, "fd_parts.json")
     if args.label_free is not None:
         results["label_free_by_reading"] = score_label_free_by_reading(nb["sample_digits"], network, schedule, reference,
                                                                       args, device, seed, classes)
         print(f"no label, by reading: {results['label_free_by_reading']}", flush=True)
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "fd_parts.json").write_text(json.dumps(results, indent=1))
+        guided.write(results, args.output_dir, "fd_parts.json")
     print(markdown_table(results))
     return results
 

@@ -67,9 +67,9 @@ def machine() -> str:
     return f"{names[0] if names else platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def write(results: dict, output_dir: Path) -> None:
+def write(results: dict, output_dir: Path, name: str = "guided_results.json") -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "guided_results.json").write_text(json.dumps(results, indent=1))
+    (output_dir / name).write_text(json.dumps(results, indent=1))
 
 
 @torch.no_grad()
